@@ -1,0 +1,122 @@
+"""The matrix-completion model: our BERT encoder plus a linear read-out to one number per entry.
+
+State dict: the encoder under `backbone.` (HF names, see modeling_bert.py), the read-out under
+`read_out.`. A checkpoint carries the encoder's config, so `load_checkpoint(path)` rebuilds the
+model from the file alone. Checkpoints written by the authors' code (`_backbone.` keys, `epoch`,
+`vocab_size`) load too; their head count is not in the file and must be passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modeling_bert import BertConfig, BertModel, HookFn, caching_hooks
+from utils import UserError, read_checkpoint
+
+
+class MatrixBert(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = BertModel(config)
+        # Like the authors' model, the read-out keeps PyTorch's default Linear initialisation
+        # (HF's N(0, 0.02) init applies only to modules inside BertModel).
+        self.read_out = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] -> predicted entries [B, T]."""
+        return self.read_out(self.backbone(input_ids).last_hidden_state).squeeze(-1)
+
+    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> contextlib.AbstractContextManager:
+        """Hooks on the encoder's hook points (names as in modeling_bert.py), always removed."""
+        return self.backbone.hooks(fwd_hooks)
+
+    @torch.no_grad()
+    def run_with_cache(
+        self, input_ids: torch.Tensor, names: list[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(prediction, {hook name: activation}) for `names` (default: every hook point)."""
+        cache: dict[str, torch.Tensor] = {}
+        names = list(self.backbone.hook_points) if names is None else names
+        with self.hooks(caching_hooks(cache, names)):
+            out = self(input_ids)
+        return out, cache
+
+
+def check_fits(config: BertConfig, vocab_size: int, max_tokens: int) -> None:
+    """The model can take this data: every token id and every position has an embedding."""
+    if vocab_size > config.vocab_size:
+        raise UserError(
+            f"data needs {vocab_size} token ids but the model has {config.vocab_size}; "
+            "the vocabulary settings (prec, min_vocab, max_vocab) differ from training"
+        )
+    if max_tokens > config.max_position_embeddings:
+        raise UserError(
+            f"matrices of {max_tokens} entries exceed the model's "
+            f"{config.max_position_embeddings} position embeddings"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _authors_state_dict(sd: dict, num_attention_heads: int | None) -> tuple[BertConfig, dict]:
+    """The authors' state dict (`_backbone.` keys) in our names, with sizes read off the weights."""
+    if num_attention_heads is None:
+        raise UserError(
+            "an authors'-format checkpoint does not record the head count; set "
+            "model.num_attention_heads (the paper: 8)"
+        )
+    sd = {k.replace("_backbone.", "backbone.", 1): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if not k.endswith(("position_ids", "token_type_ids"))}
+    tt = sd.pop("backbone.embeddings.token_type_embeddings.weight", None)
+    if tt is not None:  # HF adds token type 0 at every position: fold it in, exactly
+        sd["backbone.embeddings.position_embeddings.weight"] = (
+            sd["backbone.embeddings.position_embeddings.weight"] + tt[0]
+        )
+    layers = {int(m.group(1)) for k in sd if (m := re.match(r"backbone\.encoder\.layer\.(\d+)", k))}
+    vocab, hidden = sd["backbone.embeddings.word_embeddings.weight"].shape
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=len(layers),
+        num_attention_heads=num_attention_heads,
+        intermediate_size=sd["backbone.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=sd["backbone.embeddings.position_embeddings.weight"].shape[0],
+    )
+    return config, sd
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", num_attention_heads: int | None = None
+) -> tuple[MatrixBert, dict]:
+    """(model in eval mode on `device`, the checkpoint dict) from one of our checkpoints or the
+    authors'. `num_attention_heads` is used for the authors' format only."""
+    ckpt = read_checkpoint(path, device)
+    sd = ckpt["model"]
+    if "model_config" in ckpt:
+        try:
+            config = BertConfig(**ckpt["model_config"])
+        except TypeError as e:
+            raise UserError(
+                f"checkpoint {path}: model_config does not fit this code ({e})"
+            ) from None
+    elif any(k.startswith("_backbone.") for k in sd):
+        config, sd = _authors_state_dict(sd, num_attention_heads)
+        if "epoch" in ckpt:  # their 0-based loop index: `epoch` + 1 updates were done
+            ckpt.setdefault("step", int(ckpt["epoch"]) + 1)
+    else:
+        raise UserError(f"checkpoint {path} has neither model_config nor authors'-format weights")
+    model = MatrixBert(config)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"checkpoint {path}: weights do not fit the model ({first})") from None
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,257 @@
+import pytest
+import torch
+
+from data import DataConfig, MatrixSampler
+from model import MatrixBert
+from modeling_bert import (
+    BertConfig,
+    BertModel,
+    ablate_head_hooks,
+    act_name,
+    caching_hooks,
+    patch_hooks,
+    patch_z_hooks,
+)
+
+CFG = BertConfig(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=40,
+)
+
+
+def _ids(b=3, t=16, vocab=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (b, t), generator=g)
+    ids[:, ::3] = 0  # some MASK tokens
+    return ids
+
+
+def _trained_like(cfg=CFG, seed=0):
+    """A model whose weights are random everywhere (not just the init), so tests see all paths."""
+    torch.manual_seed(seed)
+    model = MatrixBert(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif "bias" in name:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def test_init_matches_hf_conventions():
+    model = BertModel(CFG)
+    assert torch.all(model.embeddings.word_embeddings.weight[0] == 0)
+    w = model.encoder.layer[0].attention.self.query.weight
+    assert abs(w.std().item() - 0.02) < 0.003
+    assert torch.all(model.encoder.layer[0].intermediate.dense.bias == 0)
+    assert not any("token_type" in k for k in model.state_dict())
+
+
+def test_equals_transformers_bert():
+    transformers = pytest.importorskip("transformers")
+    ours = _trained_like().backbone
+    hf_cfg = transformers.BertConfig(
+        vocab_size=CFG.vocab_size,
+        hidden_size=CFG.hidden_size,
+        num_hidden_layers=CFG.num_hidden_layers,
+        num_attention_heads=CFG.num_attention_heads,
+        intermediate_size=CFG.intermediate_size,
+        max_position_embeddings=CFG.max_position_embeddings,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        type_vocab_size=1,
+        attn_implementation="eager",
+    )
+    hf = transformers.BertModel(hf_cfg, add_pooling_layer=False).eval()
+    missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False)
+    assert unexpected == []
+    assert [k for k in missing if "token_type" not in k] == []
+    with torch.no_grad():
+        hf.embeddings.token_type_embeddings.weight.zero_()
+    ids = _ids()
+    with torch.no_grad():
+        a = ours(ids, output_attentions=True, output_hidden_states=True)
+        b = hf(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    assert len(a.hidden_states) == len(b.hidden_states) == CFG.num_hidden_layers + 1
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    for x, y in zip(a.attentions, b.attentions):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_outputs_only_when_asked():
+    out = BertModel(CFG)(_ids())
+    assert out.hidden_states is None and out.attentions is None
+
+
+def test_fast_and_hooked_paths_agree():
+    model = _trained_like()
+    ids = _ids()
+    with torch.no_grad():
+        fast = model(ids)
+        with model.hooks([(act_name("pattern", 0), lambda p, h: None)]):
+            hooked = model(ids)
+    torch.testing.assert_close(fast, hooked, atol=1e-5, rtol=1e-5)
+
+
+def test_noop_hooks_change_nothing_and_are_removed():
+    model = _trained_like()
+    ids = _ids()
+    names = list(model.backbone.hook_points)
+    assert act_name("z", 2) in names and "hook_embed" in names
+    with torch.no_grad():
+        ref = model(ids)
+        with model.hooks([(n, lambda x, h: x) for n in names]):
+            out = model(ids)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert all(not hp.fns for hp in model.backbone.hook_points.values())
+
+
+def test_hooks_removed_after_an_exception():
+    model = _trained_like()
+
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        with model.hooks([(act_name("z", 0), boom)]):
+            model(_ids())
+    assert all(not hp.fns for hp in model.backbone.hook_points.values())
+
+
+def test_unknown_hook_name_is_an_error():
+    with pytest.raises(ValueError, match="no hook point"):
+        with _trained_like().hooks([("nope", lambda x, h: x)]):
+            pass
+
+
+def test_cache_shapes():
+    model = _trained_like()
+    ids = _ids(b=2, t=16)
+    _, cache = model.run_with_cache(ids)
+    assert cache[act_name("z", 1)].shape == (2, 16, 4, 8)
+    assert cache[act_name("pattern", 1)].shape == (2, 4, 16, 16)
+    assert cache[act_name("resid_post", 2)].shape == (2, 16, 32)
+    assert cache[act_name("mlp_post", 0)].shape == (2, 16, 48)
+    torch.testing.assert_close(cache[act_name("pattern", 0)].sum(-1), torch.ones(2, 4, 16))
+
+
+def _clean_corrupted():
+    cfg = DataConfig(m=4, n=4, rank=1)
+    clean, corr = MatrixSampler(cfg, seed=1).sample_with_corrupted(4)
+    model = _trained_like(BertConfig(**{**CFG.to_dict(), "vocab_size": 2002}))
+    return model, clean.input_ids, corr.input_ids
+
+
+def test_patching_with_own_cache_changes_nothing():
+    model, clean, _ = _clean_corrupted()
+    layers = range(CFG.num_hidden_layers)
+    ref, cache = model.run_with_cache(clean, [act_name("z", i) for i in layers])
+    with torch.no_grad(), model.hooks(patch_z_hooks(cache, list(layers))):
+        out = model(clean)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+def test_patching_every_layer_z_fixes_attention_but_not_the_residual():
+    """Patching z at every layer makes every attention output the clean one only where the
+    residual stream agrees; the corrupted tokens still flow through the residual stream, so the
+    output is not the clean one. Patching the embedding output as well restores it exactly."""
+    model, clean, corr = _clean_corrupted()
+    layers = list(range(CFG.num_hidden_layers))
+    names = [act_name("z", i) for i in layers]
+    ref, cache = model.run_with_cache(clean, names + [act_name("embed")])
+    with torch.no_grad():
+        corrupted = model(corr)
+        with model.hooks(patch_z_hooks(cache, layers)):
+            z_only = model(corr)
+        with model.hooks(patch_hooks(cache, [act_name("embed")]) + patch_z_hooks(cache, layers)):
+            both = model(corr)
+    assert (corrupted - ref).abs().max() > 1e-3
+    assert (z_only - ref).abs().max() > 1e-4
+    torch.testing.assert_close(both, ref, atol=1e-6, rtol=0)
+
+
+def test_patching_the_last_residual_restores_clean_output():
+    model, clean, corr = _clean_corrupted()
+    last = act_name("resid_post", CFG.num_hidden_layers - 1)
+    ref, cache = model.run_with_cache(clean, [last])
+    with torch.no_grad(), model.hooks(patch_hooks(cache, [last])):
+        out = model(corr)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    with torch.no_grad(), model.hooks(patch_hooks(cache, [last], positions=[0])):
+        part = model(corr)
+    torch.testing.assert_close(part[:, 0], ref[:, 0], atol=1e-6, rtol=0)
+    assert (part[:, 1:] - ref[:, 1:]).abs().max() > 1e-4
+
+
+def test_patching_some_heads_and_positions_only_touches_those():
+    model, clean, corr = _clean_corrupted()
+    _, cache = model.run_with_cache(clean, [act_name("z", 0)])
+    seen = {}
+
+    def grab(x, hook):
+        seen["z"] = x.clone()
+
+    hooks = patch_z_hooks(cache, [0], heads=[1], positions=[2, 5]) + [(act_name("z", 0), grab)]
+    _, corr_cache = model.run_with_cache(corr, [act_name("z", 0)])
+    with torch.no_grad(), model.hooks(hooks):
+        model(corr)
+    z, clean_z, corr_z = seen["z"], cache[act_name("z", 0)], corr_cache[act_name("z", 0)]
+    assert torch.equal(z[:, [2, 5], 1], clean_z[:, [2, 5], 1])
+    keep = torch.ones_like(z, dtype=torch.bool)
+    keep[:, [2, 5], 1] = False
+    assert torch.equal(z[keep], corr_z[keep])
+
+
+@pytest.mark.parametrize("method", ["mean", "uniform", "zero"])
+def test_ablations(method):
+    model = _trained_like()
+    ids = _ids(b=4)
+    seen = {}
+
+    def grab_pattern(p, hook):
+        seen["p"] = p.clone()
+
+    def grab_z(z, hook):
+        seen["z"] = z.clone()
+
+    hooks = ablate_head_hooks([(1, 2)], method) + [
+        (act_name("pattern", 1), grab_pattern),
+        (act_name("z", 1), grab_z),
+    ]
+    with torch.no_grad():
+        ref = model(ids)
+        with model.hooks(hooks):
+            out = model(ids)
+    assert (out - ref).abs().max() > 1e-6
+    if method == "zero":
+        assert torch.all(seen["z"][:, :, 2] == 0)
+    else:
+        p = seen["p"][:, 2]
+        expected = p[0].expand_as(p) if method == "mean" else torch.full_like(p, 1 / 16)
+        torch.testing.assert_close(p, expected)
+        torch.testing.assert_close(seen["p"][:, 2].sum(-1), torch.ones(4, 16))
+
+
+def test_ablating_nothing_changes_nothing():
+    model = _trained_like()
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(ids)
+        with model.hooks(ablate_head_hooks([], "mean")):
+            out = model(ids)
+    assert torch.equal(out, ref)
+
+
+def test_caching_hooks_store_detached_copies():
+    model = _trained_like()
+    cache = {}
+    with model.hooks(caching_hooks(cache, [act_name("embed")])):
+        model(_ids())
+    assert not cache["hook_embed"].requires_grad

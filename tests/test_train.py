@@ -1,0 +1,208 @@
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import ROOT, tiny_config
+
+import train
+import utils
+from model import load_checkpoint
+from modeling_bert import act_name
+from utils import UserError
+
+
+def test_end_to_end_writes_every_output(tiny_run):
+    out_dir, summary = tiny_run
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json"):
+        assert (out_dir / name).is_file(), name
+    assert sorted(train.checkpoints(out_dir)) == [10, 20]
+    records = train.read_metrics(out_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    keys = {"step", "loss", "loss_obs", "loss_mask", "eval_loss", "mask_value"}
+    assert keys <= set(records[0])
+    assert all(math.isfinite(r[k]) for r in records for k in keys)
+    saved = json.loads((out_dir / "summary.json").read_text())
+    assert saved["final_step"] == 20 and saved == json.loads(json.dumps(summary))
+    resolved = yaml.safe_load((out_dir / "config.yaml").read_text())
+    assert resolved["model"]["vocab_size"] == 2002
+
+
+def test_checkpoint_is_plain_data_and_rebuilds_the_model(tiny_run):
+    out_dir, _ = tiny_run
+    path = out_dir / "step_000020.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert {"model", "optimizer", "step", "config", "model_config", "rng"} <= set(ckpt)
+    assert ckpt["step"] == 20
+    model, _ = load_checkpoint(path)
+    assert set(model.state_dict()) == set(ckpt["model"])
+    assert any(k.startswith("backbone.encoder.layer.1.") for k in ckpt["model"])
+    assert "read_out.weight" in ckpt["model"]
+    ids = torch.randint(0, 2002, (2, 16))
+    assert model(ids).shape == (2, 16)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = tiny_config(tmp_path / "a")
+    train.main(full)
+    half = tiny_config(tmp_path / "b", "train.steps=10")
+    train.main(half)
+    resumed = tiny_config(tmp_path / "b", "train.resume=true")
+    train.main(resumed)
+    a = torch.load(tmp_path / "a/run/step_000020.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/run/step_000020.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = train.read_metrics(tmp_path / "a/run/metrics.jsonl")
+    rb = train.read_metrics(tmp_path / "b/run/metrics.jsonl")
+    assert [r["step"] for r in rb] == [5, 10, 15, 20]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    assert [r["eval_loss"] for r in ra] == [r["eval_loss"] for r in rb]
+
+
+def test_out_dir_with_another_run_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, "train.steps=10")
+    train.main(cfg)
+    before = (tmp_path / "run/metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train.main(tiny_config(tmp_path, "train.steps=10"))
+    assert (tmp_path / "run/metrics.jsonl").read_bytes() == before
+
+
+def test_resume_with_other_model_is_refused(tmp_path):
+    train.main(tiny_config(tmp_path, "train.steps=10"))
+    with pytest.raises(UserError, match="model.hidden_size"):
+        train.main(tiny_config(tmp_path, "train.resume=true", "model.hidden_size=16"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path)
+    out_dir, resume = train.prepare_out_dir(cfg)
+    trainer = train.Trainer(cfg)
+
+    def poison(x, hook):
+        return x * float("nan") if trainer.step_count >= 12 else x
+
+    trainer.model.backbone.hook_points[act_name("embed")].fns.append(poison)
+    with pytest.raises(UserError, match="non-finite.*step 10"):
+        train.fit(cfg, trainer, out_dir, resume)
+    assert sorted(train.checkpoints(out_dir)) == [10]
+    kept = torch.load(out_dir / "step_000010.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in kept.values())
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert utils.wandb_mode("auto") == "offline"
+    cfg = tiny_config(tmp_path, "train.steps=5", "wandb.log=true")
+    train.main(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.bogus=1", "unknown key 'train.bogus'"),
+        ("train.steps=abc", "'train.steps' must be an integer"),
+        ("train.lr=fast", "'train.lr' must be a number"),
+        ("train.precision=fp8", "'train.precision' must be one of"),
+        ("data.p_mask=1.0", "p_mask"),
+        ("data.rank=9", "data.rank"),
+        ("data.m=30", "position embeddings"),
+        ("model.num_attention_heads=5", "not divisible"),
+        ("train.steps=0", "train.steps"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path, override, match):
+    with pytest.raises(UserError, match=match) as err:
+        tiny_config(tmp_path, override)
+    assert "train_tiny.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_key_names_key_and_file(tmp_path):
+    data = yaml.safe_load((ROOT / "configs/train_tiny.yaml").read_text())
+    del data["train"]["lr"]
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=r"partial.yaml: missing key 'train.lr'"):
+        utils.load_config(train.TrainConfig, path)
+
+
+def test_values_outside_the_vocabulary_are_an_error(tmp_path):
+    cfg = tiny_config(tmp_path, "data.min_val=-5.0", "data.max_val=5.0", "data.rank=2")
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        train.main(cfg)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--config",
+            str(ROOT / "configs/train_tiny.yaml"),
+            "--train.bogus=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown key 'train.bogus'" in proc.stderr
+
+
+def test_help_lists_every_option():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    for key in ("--train.steps", "--data.p_mask", "--model.hidden_size", "--wandb.log"):
+        assert key in proc.stdout
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(bad)
+
+
+# ---------------------------------------------------------------- drop detection
+
+
+def _curve(drop_at=None, n=500, every=100, seed=0):
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, n + 1) * every
+    loss = 0.067 * np.exp(rng.normal(0, 0.05, n))
+    loss[:3] = [0.5, 0.2, 0.09]
+    if drop_at is not None:
+        fall = 1 / (1 + np.exp(-(steps - drop_at - 600) / 200))
+        loss = loss * (1 - fall) + fall * 0.005 * np.exp(rng.normal(0, 0.05, n))
+    return steps.tolist(), loss.tolist()
+
+
+def test_drop_detector_finds_the_drop():
+    steps, loss = _curve(drop_at=14_000)
+    drop = utils.detect_drop(steps, loss)
+    assert 13_500 <= drop["drop_step"] <= 14_600
+    assert drop["drop_end_step"] > drop["drop_step"]
+    assert abs(drop["plateau_loss"] - 0.067) < 0.005
+
+
+def test_drop_detector_finds_none_on_a_flat_curve():
+    steps, loss = _curve(drop_at=None)
+    assert utils.detect_drop(steps, loss)["drop_step"] is None

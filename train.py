@@ -1,0 +1,354 @@
+"""Train the BERT to complete low-rank matrices and watch the plateau and the sudden drop.
+
+    python3 train.py --config configs/train.yaml            # the paper's setting (a GPU)
+    python3 train.py --config configs/train_tiny.yaml       # the CPU demo
+    python3 train.py --config configs/train.yaml --train.steps=20000 --wandb.log=true
+
+Each step draws a fresh batch (there is no fixed data set, so the training loss is a test loss),
+predicts every entry, and takes one Adam step on the MSE over all entries (paper Fig. 1/2).
+Every `log_every` steps it logs loss, L_obs, L_mask, the mean |prediction| at hidden entries and an
+eval loss on fresh matrices; the host waits for the GPU only on those steps. Writes to `out_dir`:
+config.yaml, metrics.jsonl, loss.png, step_NNNNNN.pt checkpoints and summary.json (plateau level,
+the step where the drop starts, final losses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import utils
+from data import DataConfig, MatrixSampler
+from model import MatrixBert, check_fits
+from modeling_bert import BertConfig
+from utils import UserError, WandbConfig, opt
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+CKPT_RE = re.compile(r"step_(\d+)\.pt$")
+
+
+@dataclass
+class TrainSection:
+    steps: int = opt(50_000, "optimizer steps, each on a fresh batch")
+    batch_size: int = opt(256, "matrices per step")
+    num_eval: int = opt(64, "fresh matrices for the eval loss at each logging step")
+    lr: float = opt(1e-4, "Adam learning rate (constant; no schedule, clipping or decay)")
+    seed: int = opt(0, "seed for initialisation and data")
+    log_every: int = opt(100, "log (and sync with the device) every this many steps")
+    save_every: int = opt(10_000, "checkpoint every this many steps (0: never)")
+    save_steps: list[int] = opt([], "extra steps to checkpoint (the analyses' steps)")
+    out_dir: str | None = opt(None, "output folder; null: runs/<config stem> in the repo")
+    resume: bool = opt(False, "continue from the latest checkpoint in out_dir")
+    precision: str = opt("fp32", "fp32, tf32 (TF32 matmuls) or bf16 (autocast)", PRECISIONS)
+    compile: bool = opt(False, "torch.compile the forward and loss")
+    compile_mode: str = opt("default", "torch.compile mode", COMPILE_MODES)
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    print_example: bool = opt(False, "print one eval matrix (prediction vs truth) per log")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "num_eval", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"'train.{name}' must be ≥ 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"'train.lr' must be positive, got {self.lr}")
+        if self.save_every < 0 or any(s < 1 for s in self.save_steps):
+            raise UserError("'train.save_every' must be ≥ 0 and 'train.save_steps' ≥ 1")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: BertConfig
+    train: TrainSection
+    wandb: WandbConfig
+
+    def finalize(self, config_path: Path | None = None) -> None:
+        """Fill derived values: vocabulary size, output folder, run name."""
+        self.model.vocab_size = self.data.vocab_size
+        self.model.pad_token_id = 0  # the MASK id
+        check_fits(self.model, self.data.vocab_size, self.data.max_tokens)
+        stem = Path(config_path).stem if config_path else "train"
+        if self.train.out_dir is None:
+            self.train.out_dir = f"runs/{stem}"
+        if self.wandb.name is None:
+            self.wandb.name = stem
+
+
+# ----------------------------------------------------------------------------------------------
+# The training step
+
+
+class Trainer:
+    """Model, optimizer, samplers and one `step()`: the loop shared by train.py, train_embed.py
+    and bench.py. `params` limits what Adam updates (default: every parameter)."""
+
+    def __init__(self, cfg: TrainConfig, model: MatrixBert | None = None, params=None):
+        t = cfg.train
+        self.cfg = cfg
+        self.device = utils.choose_device(t.device)
+        utils.seed_everything(t.seed)
+        self.model = (model or MatrixBert(cfg.model)).to(self.device).train()
+        params = (
+            [p for p in self.model.parameters() if p.requires_grad] if params is None else params
+        )
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(params, lr=t.lr, fused=fused or None)
+        self.sampler = MatrixSampler(cfg.data, self.device, seed=t.seed)
+        self.eval_sampler = MatrixSampler(cfg.data, self.device, seed=t.seed + 1_000_003)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = t.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
+        elif t.precision == "tf32":
+            torch.set_float32_matmul_precision("high")
+        self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        self.loss_fn = self._loss
+        if t.compile:
+            self.loss_fn = torch.compile(self._loss, mode=t.compile_mode)
+        self.step_count = 0
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _loss(self, input_ids, target, observed) -> dict:
+        with self.autocast():
+            pred = self.model(input_ids)
+        return utils.masked_mse(pred, target, observed)
+
+    def step(self) -> dict:
+        """One Adam update on a fresh batch; returns that batch's metrics as device tensors."""
+        batch = self.sampler.sample(self.cfg.train.batch_size)
+        metrics = self.loss_fn(batch.input_ids, batch.target, batch.observed)
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["loss"].backward()
+        self.optimizer.step()
+        self.step_count += 1
+        self.nonfinite |= ~torch.isfinite(metrics["loss"].detach())
+        return {k: v.detach() for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, tuple]:
+        """Eval loss on `num_eval` fresh matrices, and one example (pred, target, observed)."""
+        self.model.eval()
+        batch = self.eval_sampler.sample(self.cfg.train.num_eval)
+        with self.autocast():
+            pred = self.model(batch.input_ids).float()
+        self.model.train()
+        loss = utils.masked_mse(pred, batch.target, batch.observed)["loss"].item()
+        shape = (batch.m, batch.n)
+        example = (pred[0].view(shape), batch.target[0].view(shape), batch.observed[0].view(shape))
+        return loss, example
+
+    def state_dict(self) -> dict:
+        """A plain-data checkpoint: weights, optimizer, step, configs and every RNG state."""
+        rng = {
+            "torch": torch.get_rng_state(),
+            "sampler": self.sampler.generator.get_state(),
+            "eval_sampler": self.eval_sampler.generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step_count,
+            "model_config": self.cfg.model.to_dict(),
+            "config": utils.config_to_dict(self.cfg),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step_count = int(ckpt["step"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        self.sampler.generator.set_state(rng["sampler"].cpu())
+        self.eval_sampler.generator.set_state(rng["eval_sampler"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+
+
+def checkpoints(out_dir: Path) -> dict[int, Path]:
+    """{step: path} of the step-stamped checkpoints in `out_dir`."""
+    found = {}
+    for p in Path(out_dir).glob("step_*.pt"):
+        if m := CKPT_RE.search(p.name):
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
+    """Create or check the output folder; returns it and the checkpoint to resume from (if any).
+
+    Without `resume`, a folder holding another run's outputs is an error: nothing is overwritten.
+    """
+    out_dir = utils.resolve_path(cfg.train.out_dir)
+    found = checkpoints(out_dir) if out_dir.is_dir() else {}
+    if not cfg.train.resume:
+        clash = list(found.values())[:1] + [
+            p for p in (out_dir / "metrics.jsonl", out_dir / "summary.json") if p.exists()
+        ]
+        if clash:
+            raise UserError(
+                f"{out_dir} already holds a run ({clash[0].name}); pass --train.resume=true to "
+                "continue it or choose another --train.out_dir"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (cfg.train.resume and found):
+        return out_dir, None
+    path = found[max(found)]
+    ckpt = utils.read_checkpoint(path)
+    mine = utils.config_to_dict(cfg)
+    for section in ("data", "model"):
+        theirs = ckpt.get("config", {}).get(section, {})
+        for key, value in mine[section].items():
+            if theirs.get(key) != value:
+                raise UserError(
+                    f"cannot resume from {path}: {section}.{key} was {theirs.get(key)!r}, "
+                    f"now {value!r}"
+                )
+    return out_dir, ckpt
+
+
+def summarize(records: list[dict], wall_time: float, cfg: TrainConfig, device: str) -> dict:
+    """Plateau, drop and final numbers from the logged curve."""
+    steps = [r["step"] for r in records]
+    drop = utils.detect_drop(steps, [r["loss"] for r in records])
+    last = records[-1] if records else {}
+    drop_time = None
+    if drop["drop_step"] is not None:
+        drop_time = next(r["time"] for r in records if r["step"] == drop["drop_step"])
+    timed = [r for r in records if r.get("steps_per_s")]
+    return {
+        **drop,
+        "drop_time_s": drop_time,
+        "final_step": last.get("step"),
+        "final_loss": last.get("loss"),
+        "final_loss_obs": last.get("loss_obs"),
+        "final_loss_mask": last.get("loss_mask"),
+        "final_eval_loss": last.get("eval_loss"),
+        "wall_time_s": wall_time,
+        "steps_per_s": timed[-1]["steps_per_s"] if timed else None,
+        "device": device,
+        "precision": cfg.train.precision,
+        "compile": cfg.train.compile,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(cfg: TrainConfig, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
+    """Run `trainer` to `cfg.train.steps`, logging, checkpointing and summarising into `out_dir`."""
+    t = cfg.train
+    metrics_path = out_dir / "metrics.jsonl"
+    records = read_metrics(metrics_path) if resume_from else []
+    if resume_from:
+        trainer.load_state_dict(resume_from)
+        records = [r for r in records if r["step"] <= trainer.step_count]
+        utils.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        print(f"resuming from step {trainer.step_count}")
+    utils.save_config(cfg, out_dir)
+    run = utils.init_wandb(cfg.wandb, utils.config_to_dict(cfg), out_dir)
+    save_at = set(t.save_steps) | {t.steps}
+    elapsed0 = records[-1]["time"] if records else 0.0
+    start = time.perf_counter()
+    last_log = (start, trainer.step_count)
+    bar = tqdm(total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, dynamic_ncols=True)
+    with open(metrics_path, "a") as log:
+        while trainer.step_count < t.steps:
+            metrics = trainer.step()
+            step = trainer.step_count
+            bar.update(1)
+            saving = step in save_at or (t.save_every and step % t.save_every == 0)
+            logging = step % t.log_every == 0 or step == t.steps
+            if not (saving or logging):
+                continue
+            if bool(trainer.nonfinite):
+                bar.close()
+                kept = max(checkpoints(out_dir), default=None)
+                raise UserError(
+                    f"loss became non-finite by step {step}; stopped (last good checkpoint: "
+                    f"{'step ' + str(kept) if kept is not None else 'none'}); try a lower train.lr"
+                )
+            if logging:  # before saving, so the checkpoint holds the eval sampler's next state
+                now = time.perf_counter()
+                record = {"step": step, **utils.to_floats(metrics)}
+                record["eval_loss"], example = trainer.evaluate()
+                record["time"] = elapsed0 + now - start
+                record["steps_per_s"] = (step - last_log[1]) / max(now - last_log[0], 1e-9)
+                last_log = (time.perf_counter(), step)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                records.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", L_mask=f"{record['loss_mask']:.4g}")
+                if t.print_example:
+                    tqdm.write(f"step {step}\n" + utils.format_matrix(*example))
+                if run is not None:
+                    run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            if saving:
+                utils.save_checkpoint(out_dir / f"step_{step:06d}.pt", trainer.state_dict())
+    bar.close()
+    summary = summarize(records, elapsed0 + time.perf_counter() - start, cfg, str(trainer.device))
+    utils.write_json(out_dir / "summary.json", summary)
+    if records:
+        utils.plot_losses(records, out_dir, summary, title=cfg.wandb.name)
+    if run is not None:
+        run.summary.update({k: v for k, v in summary.items() if v is not None})
+        run.finish()
+    return summary
+
+
+def print_summary(summary: dict, out_dir: Path) -> None:
+    def fmt(x):
+        return "—" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
+
+    rows = [
+        ("plateau loss", summary["plateau_loss"]),
+        ("drop starts at step", summary["drop_step"]),
+        ("drop ends at step", summary["drop_end_step"]),
+        ("final loss", summary["final_loss"]),
+        ("final L_obs", summary["final_loss_obs"]),
+        ("final L_mask", summary["final_loss_mask"]),
+        ("steps/s (last interval)", summary["steps_per_s"]),
+        ("wall time (s)", summary["wall_time_s"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows))
+    print(f"outputs in {out_dir}")
+
+
+def main(cfg: TrainConfig) -> dict:
+    out_dir, resume_from = prepare_out_dir(cfg)
+    trainer = Trainer(cfg)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"{n_params / 1e6:.2f}M parameters on {trainer.device}; writing to {out_dir}")
+    summary = fit(cfg, trainer, out_dir, resume_from)
+    print_summary(summary, out_dir)
+    return summary
+
+
+if __name__ == "__main__":
+    utils.cli(main, TrainConfig, __doc__, "configs/train.yaml")
