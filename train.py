@@ -110,6 +110,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")
         self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
         self.loss_fn = self._loss
+        self.cudagraphs = t.compile and t.compile_mode == "reduce-overhead"
         if t.compile:
             self.loss_fn = torch.compile(self._loss, mode=t.compile_mode)
         self.step_count = 0
@@ -127,6 +128,8 @@ class Trainer:
 
     def step(self) -> dict:
         """One Adam update on a fresh batch; returns that batch's metrics as device tensors."""
+        if self.cudagraphs:  # outputs of the previous replay may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         batch = self.sampler.sample(self.cfg.train.batch_size)
         metrics = self.loss_fn(batch.input_ids, batch.target, batch.observed)
         self.optimizer.zero_grad(set_to_none=True)
@@ -134,6 +137,8 @@ class Trainer:
         self.optimizer.step()
         self.step_count += 1
         self.nonfinite |= ~torch.isfinite(metrics["loss"].detach())
+        if self.cudagraphs:  # the next replay reuses these buffers
+            return {k: v.detach().clone() for k, v in metrics.items()}
         return {k: v.detach() for k, v in metrics.items()}
 
     @torch.no_grad()
@@ -276,7 +281,7 @@ def fit(cfg: TrainConfig, trainer: Trainer, out_dir: Path, resume_from: dict | N
     elapsed0 = records[-1]["time"] if records else 0.0
     start = time.perf_counter()
     last_log = (start, trainer.step_count)
-    bar = tqdm(total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, mininterval=1.0)
     with open(metrics_path, "a") as log:
         while trainer.step_count < t.steps:
             metrics = trainer.step()

@@ -1,0 +1,110 @@
+"""Run many short train.py runs side by side and tabulate where each one's loss drops.
+
+    python3 scripts/sweep.py --out results/sweep --time-limit 180 --seeds 0 1 \
+        --variant "b64: train.batch_size=64" --variant "lr2e-3: train.lr=2e-3"
+
+Each variant is a name and space-separated overrides of `--base` (default configs/train_tiny.yaml);
+every (variant, seed) is one train.py process writing into OUT/<name>_s<seed>/. A run still going at
+`--time-limit` seconds is stopped; its drop is read from the metrics it logged so far with
+train.py's own detector. Writes OUT/sweep.json and OUT/sweep.md (one row per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+from train import read_metrics  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="configs/train_tiny.yaml", help="config every variant edits")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--variant", action="append", default=[], help="'name: key=value key=value'")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed values")
+    p.add_argument("--time-limit", type=float, default=300, help="seconds before runs are stopped")
+    p.add_argument("--parallel", type=int, default=8, help="processes at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    return p.parse_args(argv)
+
+
+def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    last = records[-1] if records else {}
+    drop_time = None
+    if drop["drop_step"] is not None:
+        drop_time = next(r["time"] for r in records if r["step"] == drop["drop_step"])
+    return {
+        "variant": name,
+        "seed": seed,
+        "finished": finished,
+        "last_step": last.get("step"),
+        **drop,
+        "drop_time_s": drop_time,
+        "final_loss": last.get("loss"),
+        "final_loss_mask": last.get("loss_mask"),
+        "steps_per_s": last.get("steps_per_s"),
+    }
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for spec in args.variant or ["base:"]:
+        name, _, overrides = spec.partition(":")
+        for seed in args.seeds:
+            run_dir = out / f"{name.strip()}_s{seed}"
+            cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / args.base)]
+            cmd += [f"--{o}" for o in overrides.split()]
+            cmd += [f"--train.seed={seed}", f"--train.out_dir={run_dir}", "--train.save_steps=[]"]
+            jobs.append((name.strip(), seed, run_dir, cmd))
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    start = time.time()
+    pending, running, rows = list(jobs), [], []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name, seed, run_dir, cmd = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir / "log.txt", "w")  # noqa: SIM115  closed when the process ends
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((name, seed, run_dir, proc, log))
+        time.sleep(1)
+        for job in list(running):
+            name, seed, run_dir, proc, log = job
+            over = time.time() - start > args.time_limit
+            if proc.poll() is None and not over:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+            running.remove(job)
+            rows.append(row(name, seed, run_dir, finished=proc.returncode == 0))
+    rows.sort(key=lambda r: (r["variant"], r["seed"]))
+    utils.write_json(out / "sweep.json", rows)
+    cols = ["variant", "seed", "last_step", "plateau_loss", "drop_step", "drop_end_step"]
+    cols += ["final_loss_mask", "steps_per_s"]
+
+    def fmt(v):
+        return "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main(parse_args())
