@@ -110,7 +110,8 @@ class Trainer:
             torch.set_float32_matmul_precision("high")
         self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
         self.loss_fn = self._loss
-        self.cudagraphs = t.compile and t.compile_mode == "reduce-overhead"
+        cuda = self.device.type == "cuda"
+        self.cudagraphs = t.compile and t.compile_mode == "reduce-overhead" and cuda
         if t.compile:
             self.loss_fn = torch.compile(self._loss, mode=t.compile_mode)
         self.step_count = 0

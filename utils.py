@@ -84,6 +84,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UserError(f"{where} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} must be a number, got {value!r}")
         return float(value)
@@ -405,7 +410,7 @@ def plot_losses(records: list[dict], out_dir: Path, drop: dict, title: str = "")
         if drop.get("drop_step") is not None:
             ax.axvline(drop["drop_step"], color="k", ls="--", lw=0.8, label="drop starts")
         ax.set(xlabel="step", ylabel="MSE", yscale="log", title=title)
-        ax.legend()
+        ax.legend(loc="upper right")
         paths = save_figure(fig, out_dir, "loss")
         plt.close(fig)
     return paths
@@ -425,6 +430,7 @@ def detect_drop(
     losses: list[float],
     min_plateau_frac: float = 0.05,
     flat_ratio: float = 1.5,
+    onset_ratio: float = 1.2,
     drop_ratio: float = 3.0,
     window: int = 5,
 ) -> dict:
@@ -432,11 +438,11 @@ def detect_drop(
 
     Method: smooth log10(loss) with a running median over `window` logged points. A plateau is a
     stretch covering at least `min_plateau_frac` of the run (and 3 points) whose smoothed loss
-    stays within a factor `flat_ratio`. The first plateau after which the loss falls below
-    plateau / `drop_ratio` for good is the one that ends in the drop; the drop starts at the last
-    point still within `flat_ratio` of that plateau's level (its median), and ends at the first
-    point below plateau / `drop_ratio`. Returns plateau_loss, drop_step, drop_end_step (None where
-    there is no such drop).
+    stays within a factor `flat_ratio`; its level is the median there. The first plateau after
+    which the loss falls below level / `drop_ratio` for good is the one that ends in the drop.
+    The drop ends at the first point below level / `drop_ratio`, and starts at the last point
+    before that where the smoothed loss is still within a factor `onset_ratio` of the level.
+    Returns plateau_loss, drop_step, drop_end_step (None where there is no such drop).
     """
     none = {"plateau_loss": None, "drop_step": None, "drop_end_step": None}
     steps_a = np.asarray(steps, dtype=float)
@@ -445,27 +451,25 @@ def detect_drop(
         return none
     s = np.log10(_running_median(loss, window))
     future_max = np.maximum.accumulate(s[::-1])[::-1]  # max over j ≥ i
-    min_span = max(min_plateau_frac * (steps_a[-1] - steps_a[0]), 0.0)
-    flat, fall = np.log10(flat_ratio), np.log10(drop_ratio)
-    for i in range(len(s)):
+    min_span = min_plateau_frac * (steps_a[-1] - steps_a[0])
+    flat, fall, onset = np.log10(flat_ratio), np.log10(drop_ratio), np.log10(onset_ratio)
+    for i in range(2, len(s)):
         a = int(np.searchsorted(steps_a, steps_a[i] - min_span, side="right")) - 1
         a = max(0, min(a, i - 2))
-        if i - a < 2 or steps_a[i] - steps_a[a] < min_span:
+        if steps_a[i] - steps_a[a] < min_span:
             continue
         win = s[a : i + 1]
         if win.max() - win.min() > flat:
             continue
         level = float(np.median(win))
-        later = np.nonzero(future_max[i + 1 :] < level - fall)[0]
-        if len(later) == 0:
+        if not np.any(future_max[i + 1 :] < level - fall):
             continue
-        k = i
-        while k + 1 < len(s) and s[k + 1] >= level - flat:
-            k += 1
-        end = k + 1 + int(np.nonzero(s[k + 1 :] < level - fall)[0][0])
+        end = i + 1 + int(np.nonzero(s[i + 1 :] < level - fall)[0][0])
+        near = np.nonzero(s[i:end] >= level - onset)[0]
+        start = i + (int(near[-1]) if len(near) else 0)
         return {
             "plateau_loss": float(10**level),
-            "drop_step": int(steps_a[k]),
+            "drop_step": int(steps_a[start]),
             "drop_end_step": int(steps_a[end]),
         }
     return none

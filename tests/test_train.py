@@ -206,3 +206,20 @@ def test_drop_detector_finds_the_drop():
 def test_drop_detector_finds_none_on_a_flat_curve():
     steps, loss = _curve(drop_at=None)
     assert utils.detect_drop(steps, loss)["drop_step"] is None
+
+
+def test_drop_detector_on_the_recorded_paper_run():
+    """The H100 run of configs/train.yaml (docs/results/h100_paper_run): plateau ≈ 0.067, the
+    loss leaves it between steps 11,500 and 12,000 and is below a third of it by 14,200."""
+    records = train.read_metrics(ROOT / "docs/results/h100_paper_run/metrics.jsonl")
+    steps, loss = [r["step"] for r in records], [r["loss"] for r in records]
+    drop = utils.detect_drop(steps, loss)
+    assert abs(drop["plateau_loss"] - 0.067) < 0.003
+    assert 11_500 <= drop["drop_step"] <= 12_000
+    assert 13_500 <= drop["drop_end_step"] <= 15_000
+    plateau_only = [(s, v) for s, v in zip(steps, loss) if s <= 11_000]
+    assert utils.detect_drop(*zip(*plateau_only))["drop_step"] is None
+
+
+def test_float_options_accept_exponent_notation(tmp_path):
+    assert tiny_config(tmp_path, "train.lr=2e-3").train.lr == 0.002

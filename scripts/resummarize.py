@@ -1,0 +1,40 @@
+"""Re-detect the drop in a finished run and redraw its loss plot, from its metrics.jsonl alone.
+
+    python3 scripts/resummarize.py runs/train [more run folders ...]
+
+Rewrites summary.json's plateau / drop fields (the rest is kept) and loss.png in each folder,
+with train.py's current detector (utils.detect_drop). Useful after changing the detector, or
+for a run that was stopped before it wrote its summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+from train import read_metrics  # noqa: E402
+
+
+def resummarize(run_dir: Path) -> dict:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    if not records:
+        raise utils.UserError(f"{run_dir} has no metrics.jsonl records")
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records]))
+    drop = summary["drop_step"]
+    summary["drop_time_s"] = next((r["time"] for r in records if r["step"] == drop), None)
+    utils.write_json(path, summary)
+    utils.plot_losses(records, run_dir, summary, title=run_dir.name)
+    return summary
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        s = resummarize(Path(arg))
+        print(f"{arg}: plateau {s['plateau_loss']}, drop {s['drop_step']}..{s['drop_end_step']}")
