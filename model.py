@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data import DataConfig
 from modeling_bert import BertConfig, BertModel, HookFn, caching_hooks
-from utils import UserError, read_checkpoint
+from utils import AnalysisData, CkptSection, UserError, read_checkpoint, resolve_path
 
 
 class MatrixBert(nn.Module):
@@ -120,3 +121,58 @@ def load_checkpoint(
         first = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: weights do not fit the model ({first})") from None
     return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# What analysis scripts load: a `ckpt` section, and data defaulting to the checkpoint's own
+
+
+def checkpoint_path(section: CkptSection, step: int | None = None) -> Path:
+    """The file a `ckpt` section names: `path`, or `run`/step_NNNNNN.pt (`step` overrides the
+    section's; neither given: the last checkpoint in `run`)."""
+    if section.path:
+        return resolve_path(section.path)
+    run = resolve_path(section.run)
+    step = section.step if step is None else step
+    hint = (
+        f"make it with: python3 train.py --config configs/train.yaml --train.out_dir={section.run}"
+        + (f" (with {step} in train.save_steps)" if step is not None else "")
+    )
+    if step is None:
+        found = sorted(run.glob("step_*.pt")) if run.is_dir() else []
+        if not found:
+            raise UserError(f"no checkpoints in {run}; {hint}")
+        return found[-1]
+    path = run / f"step_{step:06d}.pt"
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; {hint}")
+    return path
+
+
+def load_from_section(
+    section: CkptSection, device: str | torch.device = "cpu", step: int | None = None
+) -> tuple[MatrixBert, dict]:
+    """(model in eval mode, checkpoint) for a `ckpt` section, at `step` if given."""
+    path = checkpoint_path(section, step)
+    return load_checkpoint(path, device, section.num_attention_heads)
+
+
+def trained_data_config(ckpt: dict) -> DataConfig:
+    """The data section the checkpoint was trained on (the paper's for an authors' checkpoint)."""
+    saved = ckpt.get("config", {}).get("data")
+    return DataConfig(**saved) if saved else DataConfig()
+
+
+def analysis_data_config(ckpt: dict, section: AnalysisData, model: MatrixBert) -> DataConfig:
+    """The checkpoint's data config with the analysis' non-null overrides, checked against the
+    model (vocabulary and positions)."""
+    base = trained_data_config(ckpt).__dict__.copy()
+    for key in ("m", "n", "rank", "p_mask", "distribution", "scale"):
+        value = getattr(section, key)
+        if value is not None:
+            base[key] = value
+    if section.m is not None or section.n is not None:
+        base["sizes"] = []
+    cfg = DataConfig(**base)
+    check_fits(model.config, cfg.vocab_size, cfg.max_tokens)
+    return cfg

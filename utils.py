@@ -248,6 +248,60 @@ def save_config(cfg: Any, out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Sections every analysis script shares (see the `ckpt` and `data` sections of configs/*.yaml)
+
+
+@dataclass
+class CkptSection:
+    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
+    step: int | None = opt(None, "checkpoint step; null: the last one in `run`")
+    path: str | None = opt(None, "a checkpoint file instead of run/step (e.g. the authors' format)")
+    num_attention_heads: int | None = opt(
+        None, "heads, for an authors'-format checkpoint only (the paper: 8)"
+    )
+
+
+@dataclass
+class AnalysisData:
+    """The experiment's own samples; null fields take the checkpoint's training values."""
+
+    m: int | None = opt(None, "rows; null: as trained")
+    n: int | None = opt(None, "columns; null: as trained")
+    rank: int | None = opt(None, "rank; null: as trained")
+    p_mask: float | None = opt(None, "probability an entry is hidden; null: as trained")
+    distribution: str | None = opt(None, "uniform, gaussian or laplace; null: as trained")
+    scale: float | None = opt(None, "gaussian std / laplace scale; null: as trained")
+    num_samples: int = opt(512, "matrices drawn")
+    batch_size: int = opt(512, "matrices per forward pass")
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.batch_size < 1:
+            raise UserError("'data.num_samples' and 'data.batch_size' must be ≥ 1")
+
+
+def prepare_output(out_dir: str | Path, cfg: Any) -> Path:
+    """Create the output folder (anchored at the repo root) and save the resolved config there."""
+    path = resolve_path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, path)
+    return path
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows of dicts as a Markdown table; floats to 4 significant digits, None as '—'."""
+    columns = columns or list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "—"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
 # Seeds and devices
 
 

@@ -94,15 +94,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows.sort(key=lambda r: (r["variant"], r["seed"]))
     utils.write_json(out / "sweep.json", rows)
     cols = ["variant", "seed", "last_step", "plateau_loss", "drop_step", "drop_end_step"]
-    cols += ["final_loss_mask", "steps_per_s"]
-
-    def fmt(v):
-        return "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = utils.markdown_table(rows, cols + ["final_loss_mask", "steps_per_s"])
+    (out / "sweep.md").write_text(table)
+    print(table)
     return rows
 
 

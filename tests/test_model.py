@@ -89,3 +89,28 @@ def test_inputs_longer_than_the_position_table_are_refused():
     )
     with pytest.raises(UserError, match="position embeddings"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_checkpoint_path_errors_say_how_to_make_it(tmp_path):
+    from model import checkpoint_path
+    from utils import CkptSection
+
+    with pytest.raises(UserError, match="python3 train.py --config configs/train.yaml"):
+        checkpoint_path(CkptSection(run=str(tmp_path)))
+    with pytest.raises(UserError, match="step_014000.pt not found.*14000 in train.save_steps"):
+        checkpoint_path(CkptSection(run=str(tmp_path), step=14000))
+
+
+def test_analysis_data_defaults_to_the_checkpoint(tiny_run):
+    from model import analysis_data_config, load_from_section
+    from utils import AnalysisData, CkptSection
+
+    out_dir, _ = tiny_run
+    model, ckpt = load_from_section(CkptSection(run=str(out_dir)))
+    assert ckpt["step"] == 20
+    cfg = analysis_data_config(ckpt, AnalysisData(), model)
+    assert (cfg.m, cfg.n, cfg.rank) == (4, 4, 1)
+    cfg = analysis_data_config(ckpt, AnalysisData(p_mask=0.5, rank=2), model)
+    assert (cfg.p_mask, cfg.rank) == (0.5, 2)
+    with pytest.raises(UserError, match="position embeddings"):
+        analysis_data_config(ckpt, AnalysisData(m=9, n=9), model)
