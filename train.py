@@ -103,11 +103,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=t.lr, fused=fused or None)
         self.sampler = MatrixSampler(cfg.data, self.device, seed=t.seed)
         self.eval_sampler = MatrixSampler(cfg.data, self.device, seed=t.seed + 1_000_003)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = t.precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
-        elif t.precision == "tf32":
-            torch.set_float32_matmul_precision("high")
+        # TF32 matmuls only when asked: fp32 means full fp32 (PyTorch's default is the same).
+        torch.set_float32_matmul_precision("high" if t.precision == "tf32" else "highest")
         self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
         self.loss_fn = self._loss
         cuda = self.device.type == "cuda"

@@ -212,6 +212,7 @@ def test_drop_detector_on_the_recorded_paper_run():
     """The H100 run of configs/train.yaml (docs/results/h100_paper_run): plateau ≈ 0.067, the
     loss leaves it between steps 11,500 and 12,000 and is below a third of it by 14,200."""
     records = train.read_metrics(ROOT / "docs/results/h100_paper_run/metrics.jsonl")
+    assert len(records) == 500
     steps, loss = [r["step"] for r in records], [r["loss"] for r in records]
     drop = utils.detect_drop(steps, loss)
     assert abs(drop["plateau_loss"] - 0.067) < 0.003
