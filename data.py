@@ -190,7 +190,7 @@ class MatrixSampler:
         u = self._rand(batch_size, rows, rank) - 0.5
         return -c.scale * torch.sign(u) * torch.log1p(-2 * u.abs())
 
-    def _needs_check(self, rank: int) -> bool:
+    def needs_check(self, rank: int) -> bool:
         """Whether sampled values could leave the vocabulary (skipped checks save a host sync)."""
         c = self.cfg
         if c.distribution != "uniform":
@@ -231,7 +231,7 @@ class MatrixSampler:
         p_mask = self.cfg.p_mask if p_mask is None else p_mask
         values = self.sample_values(batch_size, m, n, rank)
         observed = self.sample_observed(batch_size, m, n, p_mask)
-        return make_batch(values, observed, self.cfg, check=self._needs_check(rank))
+        return make_batch(values, observed, self.cfg, check=self.needs_check(rank))
 
     def sample_full_rank(self, batch_size: int, p_mask: float | None = None) -> Batch:
         """Matrices with i.i.d. Unif[min_val, max_val] entries (full rank): the copying test."""

@@ -8,7 +8,6 @@ model from the file alone. Checkpoints written by the authors' code (`_backbone.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 
@@ -16,15 +15,18 @@ import torch
 from torch import nn
 
 from data import DataConfig
-from modeling_bert import BertConfig, BertModel, HookFn, caching_hooks
+from modeling_bert import BertConfig, BertModel, HookedModule
 from utils import AnalysisData, CkptSection, UserError, read_checkpoint, resolve_path
 
 
-class MatrixBert(nn.Module):
+class MatrixBert(HookedModule):
+    """Hook names are the encoder's (modeling_bert.py), without a `backbone.` prefix."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         self.backbone = BertModel(config)
+        self.hook_points = self.backbone.hook_points
         # Like the authors' model, the read-out keeps PyTorch's default Linear initialisation
         # (HF's N(0, 0.02) init applies only to modules inside BertModel).
         self.read_out = nn.Linear(config.hidden_size, 1)
@@ -32,21 +34,6 @@ class MatrixBert(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T] -> predicted entries [B, T]."""
         return self.read_out(self.backbone(input_ids).last_hidden_state).squeeze(-1)
-
-    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> contextlib.AbstractContextManager:
-        """Hooks on the encoder's hook points (names as in modeling_bert.py), always removed."""
-        return self.backbone.hooks(fwd_hooks)
-
-    @torch.no_grad()
-    def run_with_cache(
-        self, input_ids: torch.Tensor, names: list[str] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(prediction, {hook name: activation}) for `names` (default: every hook point)."""
-        cache: dict[str, torch.Tensor] = {}
-        names = list(self.backbone.hook_points) if names is None else names
-        with self.hooks(caching_hooks(cache, names)):
-            out = self(input_ids)
-        return out, cache
 
 
 def check_fits(config: BertConfig, vocab_size: int, max_tokens: int) -> None:

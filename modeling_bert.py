@@ -36,7 +36,8 @@ F intermediate size, `{i}` the 0-based layer:
     encoder.layer.{i}.hook_mlp_out               [B, T, D]  MLP output projection
     encoder.layer.{i}.hook_resid_post            [B, T, D]  LayerNorm(resid_mid + mlp_out)
 `act_name(kind, layer)` spells these names. A hook is `fn(activation, hook) -> tensor | None`:
-returning a tensor replaces the activation; `hook.name` is the point's name.
+returning a tensor replaces the activation; `hook.name` is the point's name. `HookedModule` holds
+the mechanism (`hooks`, `run_with_cache`); the GPT variant (src/gpt/model.py) uses it too.
 """
 
 from __future__ import annotations
@@ -132,6 +133,45 @@ class HookPoint(nn.Module):
             if out is not None:
                 x = out
         return x
+
+
+class HookedModule(nn.Module):
+    """A module with named HookPoints inside: `hooks` adds hook functions for the duration of a
+    block, `run_with_cache` records activations. Subclasses call `setup_hooks()` once their
+    submodules exist (or share another module's `hook_points`)."""
+
+    hook_points: dict[str, HookPoint]
+
+    def setup_hooks(self) -> None:
+        self.hook_points = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_points[name] = module
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
+        """Add `(name, fn)` hooks for the duration of the block; they are always removed."""
+        added = []
+        try:
+            for name, fn in fwd_hooks:
+                if name not in self.hook_points:
+                    raise ValueError(f"no hook point named '{name}' (see act_name)")
+                self.hook_points[name].fns.append(fn)
+                added.append((name, fn))
+            yield
+        finally:
+            for name, fn in added:
+                self.hook_points[name].fns.remove(fn)
+
+    @torch.no_grad()
+    def run_with_cache(self, input_ids: torch.Tensor, names: list[str] | None = None):
+        """(output, {hook name: activation}) for `names` (default: every hook point)."""
+        cache: dict[str, torch.Tensor] = {}
+        names = list(self.hook_points) if names is None else names
+        with self.hooks(caching_hooks(cache, names)):
+            out = self(input_ids)
+        return out, cache
 
 
 class BertEmbeddings(nn.Module):
@@ -262,18 +302,14 @@ class EncoderOutput:
     attentions: tuple[torch.Tensor, ...] | None = None  # L of [B, H, T, T]
 
 
-class BertModel(nn.Module):
+class BertModel(HookedModule):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.hook_embed = HookPoint()
-        self.hook_points: dict[str, HookPoint] = {}
-        for name, module in self.named_modules():
-            if isinstance(module, HookPoint):
-                module.name = name
-                self.hook_points[name] = module
+        self.setup_hooks()
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -313,21 +349,6 @@ class BertModel(nn.Module):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
-        """Add `(name, fn)` hooks for the duration of the block; they are always removed."""
-        added = []
-        try:
-            for name, fn in fwd_hooks:
-                if name not in self.hook_points:
-                    raise ValueError(f"no hook point named '{name}' (see act_name)")
-                self.hook_points[name].fns.append(fn)
-                added.append((name, fn))
-            yield
-        finally:
-            for name, fn in added:
-                self.hook_points[name].fns.remove(fn)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -139,18 +139,42 @@ class Trainer:
             return {k: v.detach().clone() for k, v in metrics.items()}
         return {k: v.detach() for k, v in metrics.items()}
 
+    # What `fit` asks of a trainer besides `step`; the GPT variant (src/gpt/train.py) overrides
+    # these to log its own metrics, summary, figures and attention maps through the same loop.
+
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, tuple]:
-        """Eval loss on `num_eval` fresh matrices, and one example (pred, target, observed)."""
+    def evaluate(self) -> tuple[dict, tuple]:
+        """{"eval_loss": device tensor} on `num_eval` fresh matrices, and one example
+        (prediction, target, observed) as [m, n] matrices."""
         self.model.eval()
         batch = self.eval_sampler.sample(self.cfg.train.num_eval)
         with self.autocast():
             pred = self.model(batch.input_ids).float()
         self.model.train()
-        loss = utils.masked_mse(pred, batch.target, batch.observed)["loss"].item()
+        loss = utils.masked_mse(pred, batch.target, batch.observed)["loss"]
         shape = (batch.m, batch.n)
         example = (pred[0].view(shape), batch.target[0].view(shape), batch.observed[0].view(shape))
-        return loss, example
+        return {"eval_loss": loss}, example
+
+    def progress(self, record: dict) -> dict:
+        """What the progress bar shows after a logging step."""
+        return {"loss": f"{record['loss']:.4g}", "L_mask": f"{record['loss_mask']:.4g}"}
+
+    def summarize(self, records: list[dict], wall_time: float) -> dict:
+        return summarize(records, wall_time, self.cfg, str(self.device))
+
+    def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
+        utils.plot_losses(records, out_dir, summary, title=self.cfg.wandb.name)
+
+    def extra_steps(self) -> set[int]:
+        """Steps at which `at_extra_step` runs (besides logging and checkpoints)."""
+        return set()
+
+    def at_extra_step(self, step: int, out_dir: Path, run) -> None:
+        """Work a subclass does at its extra steps (e.g. drawing attention maps)."""
+
+    def on_resume(self, step: int, out_dir: Path) -> None:
+        """Drop what a subclass logged after `step` (the checkpoint a run resumes from)."""
 
     def state_dict(self) -> dict:
         """A plain-data checkpoint: weights, optimizer, step, configs and every RNG state."""
@@ -199,6 +223,14 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trim_jsonl(path: Path, step: int) -> list[dict]:
+    """Keep the records of a jsonl log up to `step` (a resumed run drops what came after its
+    checkpoint) and return them."""
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    utils.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
@@ -263,19 +295,23 @@ def summarize(records: list[dict], wall_time: float, cfg: TrainConfig, device: s
 # The loop
 
 
-def fit(cfg: TrainConfig, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
-    """Run `trainer` to `cfg.train.steps`, logging, checkpointing and summarising into `out_dir`."""
+def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
+    """Run `trainer` to `cfg.train.steps`, logging, checkpointing and summarising into `out_dir`.
+
+    The one training loop: train.py, train_embed.py, bench.py (via `Trainer.step`) and the GPT
+    variant (through the Trainer methods it overrides) all run it.
+    """
     t = cfg.train
     metrics_path = out_dir / "metrics.jsonl"
-    records = read_metrics(metrics_path) if resume_from else []
+    records = []
     if resume_from:
         trainer.load_state_dict(resume_from)
-        records = [r for r in records if r["step"] <= trainer.step_count]
-        utils.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        records = trim_jsonl(metrics_path, trainer.step_count)
+        trainer.on_resume(trainer.step_count, out_dir)
         print(f"resuming from step {trainer.step_count}")
     utils.save_config(cfg, out_dir)
     run = utils.init_wandb(cfg.wandb, utils.config_to_dict(cfg), out_dir)
-    save_at = set(t.save_steps) | {t.steps}
+    save_at, extra_at = set(t.save_steps) | {t.steps}, trainer.extra_steps()
     elapsed0 = records[-1]["time"] if records else 0.0
     start = time.perf_counter()
     last_log = (start, trainer.step_count)
@@ -287,7 +323,8 @@ def fit(cfg: TrainConfig, trainer: Trainer, out_dir: Path, resume_from: dict | N
             bar.update(1)
             saving = step in save_at or (t.save_every and step % t.save_every == 0)
             logging = step % t.log_every == 0 or step == t.steps
-            if not (saving or logging):
+            extra = step in extra_at
+            if not (saving or logging or extra):
                 continue
             if bool(trainer.nonfinite):
                 bar.close()
@@ -298,26 +335,28 @@ def fit(cfg: TrainConfig, trainer: Trainer, out_dir: Path, resume_from: dict | N
                 )
             if logging:  # before saving, so the checkpoint holds the eval sampler's next state
                 now = time.perf_counter()
-                record = {"step": step, **utils.to_floats(metrics)}
-                record["eval_loss"], example = trainer.evaluate()
+                evaluated, example = trainer.evaluate()
+                record = {"step": step, **utils.to_floats({**metrics, **evaluated})}
                 record["time"] = elapsed0 + now - start
                 record["steps_per_s"] = (step - last_log[1]) / max(now - last_log[0], 1e-9)
                 last_log = (time.perf_counter(), step)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 records.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", L_mask=f"{record['loss_mask']:.4g}")
+                bar.set_postfix(trainer.progress(record))
                 if t.print_example:
                     tqdm.write(f"step {step}\n" + utils.format_matrix(*example))
                 if run is not None:
                     run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            if extra:
+                trainer.at_extra_step(step, out_dir, run)
             if saving:
                 utils.save_checkpoint(out_dir / f"step_{step:06d}.pt", trainer.state_dict())
     bar.close()
-    summary = summarize(records, elapsed0 + time.perf_counter() - start, cfg, str(trainer.device))
+    summary = trainer.summarize(records, elapsed0 + time.perf_counter() - start)
     utils.write_json(out_dir / "summary.json", summary)
     if records:
-        utils.plot_losses(records, out_dir, summary, title=cfg.wandb.name)
+        trainer.plot(records, out_dir, summary)
     if run is not None:
         run.summary.update({k: v for k, v in summary.items() if v is not None})
         run.finish()

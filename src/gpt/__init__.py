@@ -1,0 +1,1 @@
+"""The GPT variant: a small decoder trained autoregressively on masked matrix + SEP + matrix."""
