@@ -1,0 +1,313 @@
+"""Activation patching: run −X, patch in activations from the run on X, and see whose answer wins.
+
+    python3 patch.py --config configs/patch.yaml
+    python3 patch.py --config configs/patch.yaml --patch.layers=null --patch.heads=[0,1]
+
+The authors' causal test (their src/patch.py). The clean input is X, the
+corrupted input −X with the same mask (`data.MatrixSampler.sample_with_corrupted`). The clean run
+caches every head's z (`hook_z`, its output before the attention output projection); the
+corrupted run is repeated with the clean z patched in at `patch.layers` × `patch.heads` ×
+`patch.positions` (null = all; negative layers count from the end; the authors: every head and
+position of the last layer, `layers: [-1]`) through `modeling_bert.patch_z_hooks`. Reported: the
+MSE of the patched output against X and against −X, at observed and at hidden entries, beside the
+clean and the corrupted runs.
+
+Beyond the authors, two sweeps, each scored by the share of the clean–corrupted gap that the
+patch restores at hidden entries (`patch.sweep_entries`; `observed` suits a model that only copies):
+
+    restored = (L_corr − L_patched) / (L_corr − L_clean),
+
+where L is the MSE against X at those entries of the corrupted run, the patched run and the clean
+run: 1 = the patch gives the clean answer's loss, 0 = no effect, < 0 = worse than no patch; null
+where the clean run does not beat the corrupted one by 1% (MIN_GAP), as before the drop.
+    heads      every (layer, head) alone: z of that head, all positions;
+    positions  every (layer, position) alone, at `patch.position_site`: `resid_pre` (the layer's
+               input, the whole residual stream; layer 0's input is the embedding output) or `z`
+               (all heads of that layer, at that position).
+Note: patching z at every layer does not give the clean output, because the residual stream still
+carries the corrupted tokens; patching the embedding output (or a layer's whole input) does.
+
+Writes to `out_dir`: patch.md (the main table), patch_heads.png and patch_positions.png (the sweeps;
+layers and heads 1-based on the figures), summary.json and config.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import utils
+from data import Batch, MatrixSampler
+from model import MatrixBert, analysis_data_config, load_from_section
+from modeling_bert import act_name, patch_hooks, patch_z_hooks
+from utils import AnalysisData, CkptSection, UserError, opt
+
+SITES = ("resid_pre", "z")
+ENTRIES = ("hidden", "observed")
+MIN_GAP = 0.01  # restored is reported only where L_clean < (1 − MIN_GAP) · L_corr
+
+# An intervention turns the clean run's cache into hooks for the corrupted run.
+Intervention = Callable[[dict], list]
+
+
+@dataclass
+class PatchSection:
+    layers: list[int] | None = opt([-1], "layers whose z is patched; null: all; −1: the last")
+    heads: list[int] | None = opt(None, "heads patched in those layers; null: all")
+    positions: list[int] | None = opt(None, "positions (row-major i·n + j) patched; null: all")
+    head_sweep: bool = opt(True, "also patch every (layer, head) alone")
+    position_sweep: bool = opt(True, "also patch every (layer, position) alone")
+    position_site: str = opt("resid_pre", "what the position sweep patches", SITES)
+    sweep_entries: str = opt(
+        "hidden", "entries the sweeps' share restored is measured at (observed: copying)", ENTRIES
+    )
+
+
+@dataclass
+class Config:
+    seed: int = opt(0, "seed for the sampled matrices")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    out_dir: str = opt("results/patch", "output folder; relative paths from the repo root")
+    ckpt: CkptSection = field(default_factory=CkptSection)
+    data: AnalysisData = field(default_factory=AnalysisData)
+    patch: PatchSection = field(default_factory=PatchSection)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_indices(values: list[int] | None, size: int, key: str) -> list[int] | None:
+    """Indices checked against `size` (negative ones count from the end); None stays None."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        if not -size <= v < size:
+            raise UserError(f"'{key}' has {v}, outside 0..{size - 1} (or -{size}..-1 from the end)")
+        out.append(v % size)
+    return out
+
+
+def restored_fraction(l_corr: float, l_patched: float, l_clean: float) -> float | None:
+    """Share of the clean–corrupted loss gap the patch closes; None when the clean run does not
+    beat the corrupted one by MIN_GAP of its loss (the share would be noise over a tiny gap)."""
+    gap = l_corr - l_clean
+    return None if gap <= MIN_GAP * l_corr else (l_corr - l_patched) / gap
+
+
+def cache_names(layers: int) -> list[str]:
+    """What the clean run caches: z and the layer input at every layer, the embedding output."""
+    names = [act_name("embed")]
+    for i in range(layers):
+        names += [act_name("z", i), act_name("resid_pre", i)]
+    return names
+
+
+@torch.no_grad()
+def patched_predictions(
+    model: MatrixBert, pairs: list[tuple[Batch, Batch]], interventions: dict[str, Intervention]
+) -> dict[str, torch.Tensor]:
+    """Predictions [N, T] of the clean run, the corrupted run and the corrupted run under each
+    intervention (each fed the clean cache of the same batch)."""
+    names = cache_names(model.config.num_hidden_layers)
+    out: dict[str, list] = {"clean": [], "corrupted": [], **{k: [] for k in interventions}}
+    for clean, corr in pairs:
+        pred, cache = model.run_with_cache(clean.input_ids, names)
+        out["clean"].append(pred)
+        out["corrupted"].append(model(corr.input_ids))
+        for key, make_hooks in interventions.items():
+            with model.hooks(make_hooks(cache)):
+                out[key].append(model(corr.input_ids))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def score(preds: dict[str, torch.Tensor], target: torch.Tensor, observed: torch.Tensor) -> dict:
+    """Per run: MSE against X and −X at observed and hidden entries, and the share of the
+    clean–corrupted gap restored at each."""
+    rows = {}
+    for key, pred in preds.items():
+        vs_x = utils.to_floats(utils.masked_mse(pred, target, observed))
+        vs_neg = utils.to_floats(utils.masked_mse(pred, -target, observed))
+        rows[key] = {
+            "x_observed": vs_x["loss_obs"],
+            "x_hidden": vs_x["loss_mask"],
+            "neg_x_observed": vs_neg["loss_obs"],
+            "neg_x_hidden": vs_neg["loss_mask"],
+        }
+    for entries in ENTRIES:
+        l_clean, l_corr = rows["clean"][f"x_{entries}"], rows["corrupted"][f"x_{entries}"]
+        for row in rows.values():
+            row[f"restored_{entries}"] = restored_fraction(l_corr, row[f"x_{entries}"], l_clean)
+    return rows
+
+
+def chosen_patch(cfg: PatchSection, model: MatrixBert, t: int) -> dict:
+    """The main patch's layers, heads and positions, checked (None = all heads / positions)."""
+    c = model.config
+    layers = resolve_indices(cfg.layers, c.num_hidden_layers, "patch.layers")
+    return {
+        "layers": list(range(c.num_hidden_layers)) if layers is None else layers,
+        "heads": resolve_indices(cfg.heads, c.num_attention_heads, "patch.heads"),
+        "positions": resolve_indices(cfg.positions, t, "patch.positions"),
+    }
+
+
+def interventions_for(
+    cfg: PatchSection, chosen: dict, model: MatrixBert, t: int
+) -> dict[str, Intervention]:
+    """The main patch plus the sweeps, keyed `patched`, `head L H` and `position L P`."""
+    c = model.config
+    out: dict[str, Intervention] = {
+        "patched": lambda cache: patch_z_hooks(
+            cache, chosen["layers"], chosen["heads"], chosen["positions"]
+        )
+    }
+    if cfg.head_sweep:
+        for i in range(c.num_hidden_layers):
+            for h in range(c.num_attention_heads):
+                out[f"head {i} {h}"] = lambda cache, i=i, h=h: patch_z_hooks(cache, [i], [h])
+    if cfg.position_sweep:
+        for i in range(c.num_hidden_layers):
+            for p in range(t):
+                if cfg.position_site == "z":
+                    fn = lambda cache, i=i, p=p: patch_z_hooks(cache, [i], None, [p])
+                else:
+                    fn = lambda cache, i=i, p=p: patch_hooks(cache, [act_name("resid_pre", i)], [p])
+                out[f"position {i} {p}"] = fn
+    return out
+
+
+def sweep_grid(
+    rows: dict, kind: str, shape: tuple[int, int], entries: str
+) -> list[list[float | None]]:
+    """The share restored at `entries` in a sweep, as a [layers][heads or positions] grid."""
+    key = f"restored_{entries}"
+    return [[rows[f"{kind} {i} {j}"][key] for j in range(shape[1])] for i in range(shape[0])]
+
+
+def best_cell(grid: list[list[float | None]]) -> tuple[float, int, int] | None:
+    """(value, layer, index) of the largest share restored in a sweep grid."""
+    cells = [(v, i, j) for i, row in enumerate(grid) for j, v in enumerate(row) if v is not None]
+    return max(cells, default=None)
+
+
+def batch_sizes(num_samples: int, batch_size: int) -> list[int]:
+    full, rest = divmod(num_samples, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+def plot_sweep(
+    grid: list[list[float | None]],
+    xlabel: str,
+    first_x: int,
+    title: str,
+    entries: str,
+    out_dir: Path,
+    stem: str,
+) -> list[Path]:
+    """Heatmap of the share restored; layers 1-based on the y axis, x ticks from `first_x`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
+    layers, cols = values.shape
+    lim = max(1.0, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0)
+    with plt.rc_context({**utils.plot_style(), "axes.grid": False}):
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * cols + 2), 0.6 * layers + 1.6))
+        im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
+        ax.set_xticks(range(cols), [str(j + first_x) for j in range(cols)], fontsize=7)
+        if cols <= 16:
+            for i in range(layers):
+                for j in range(cols):
+                    if np.isfinite(values[i, j]):
+                        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set(xlabel=xlabel, ylabel="layer", title=title)
+        fig.colorbar(im, ax=ax, label=f"share of the gap restored\nat {entries} entries")
+        paths = utils.save_figure(fig, out_dir, stem)
+        plt.close(fig)
+    return paths
+
+
+def main(cfg: Config) -> dict:
+    device = utils.choose_device(cfg.device)
+    model, ckpt = load_from_section(cfg.ckpt, device)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    data_cfg.sizes = []  # one size: the sweeps index the positions of an m×n matrix
+    m, n = data_cfg.m, data_cfg.n
+    chosen = chosen_patch(cfg.patch, model, m * n)
+    utils.seed_everything(cfg.seed)
+    sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
+    pairs = [
+        sampler.sample_with_corrupted(b)
+        for b in batch_sizes(cfg.data.num_samples, cfg.data.batch_size)
+    ]
+    preds = patched_predictions(model, pairs, interventions_for(cfg.patch, chosen, model, m * n))
+    target = torch.cat([clean.target for clean, _ in pairs])
+    observed = torch.cat([clean.observed for clean, _ in pairs])
+    rows = score(preds, target, observed)
+    rows = {k: {c: utils.finite_or_none(v) for c, v in r.items()} for k, r in rows.items()}
+
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    step = ckpt.get("step")
+    summary: dict = {
+        "step": step,
+        "patched": chosen,
+        "runs": {k: rows[k] for k in ("clean", "corrupted", "patched")},
+        "restored": "(L_corr − L_patched) / (L_corr − L_clean), L = MSE against X at those "
+        f"entries; null where L_clean is not below (1 − {MIN_GAP}) · L_corr",
+    }
+    columns = ["run", "x_observed", "x_hidden", "neg_x_observed", "neg_x_hidden"]
+    columns += [f"restored_{e}" for e in ENTRIES]
+    table = utils.markdown_table([{"run": k, **v} for k, v in summary["runs"].items()], columns)
+    what = (
+        f"step {step}: MSE against X (x_) and against −X (neg_x_) at observed and hidden entries; "
+        f"`patched`: input −X, clean z patched in at layers {chosen['layers']}, heads "
+        f"{chosen['heads'] or 'all'}, positions {chosen['positions'] or 'all'} (0-based); "
+        "`restored_*`: share of the clean–corrupted gap closed at those entries"
+    )
+    print(what + "\n" + table)
+    text = what + ".\n\n" + table
+    entries = cfg.patch.sweep_entries
+    sweeps = {}
+    if cfg.patch.head_sweep:
+        sweeps["head_sweep"] = grid = sweep_grid(rows, "head", (layers, heads), entries)
+        title = f"patching z of one head (step {step})"
+        plot_sweep(grid, "head", 1, title, entries, out_dir, "patch_heads")
+    if cfg.patch.position_sweep:
+        sweeps["position_sweep"] = grid = sweep_grid(rows, "position", (layers, m * n), entries)
+        site = cfg.patch.position_site
+        where = "layer input (resid_pre)" if site == "resid_pre" else "z of every head"
+        xlabel = f"position i·n + j of the {m}×{n} matrix (0-based, as in the config)"
+        title = f"patching the {where} at one position (step {step})"
+        plot_sweep(grid, xlabel, 0, title, entries, out_dir, "patch_positions")
+        summary["position_site"] = site
+    if sweeps:
+        summary["sweep_entries"] = entries
+    summary.update(sweeps)
+    for key, grid in sweeps.items():
+        best = best_cell(grid)
+        if best is None:
+            line = f"{key}: no clean–corrupted gap at {entries} entries, nothing to restore"
+        else:
+            line = (
+                f"{key}: most restored at {entries} entries {best[0]:.3f}, layer {best[1]}, "
+                f"index {best[2]} (0-based)"
+            )
+        print(line)
+        text += f"\n{line}\n"
+    utils.atomic_write_text(out_dir / "patch.md", text)
+    utils.write_json(out_dir / "summary.json", summary)
+    print(f"outputs in {out_dir}")
+    return summary
+
+
+if __name__ == "__main__":
+    utils.cli(main, Config, __doc__, "configs/patch.yaml")

@@ -1,0 +1,193 @@
+"""Switch components between a pre-drop and a post-drop checkpoint: which part carries the skill?
+
+    python3 switch_models.py --config configs/switch_models.yaml
+    python3 switch_models.py --config configs/switch_models.yaml --switch.groups=[att,mlp]
+
+The authors' src/switch_models.py. A model is built from two checkpoints
+of one run: a group of parameters comes from the source checkpoint, everything else from the base.
+Directions (`switch.directions`):
+    pre_to_post  base = the post-drop model (`ckpt.post_step`), the group from the pre-drop one
+                 (`ckpt.pre_step`) — the authors' `pre-to-post`;
+    post_to_pre  base = the pre-drop model, the group from the post-drop one.
+Groups, by regular expressions on our parameter names (`backbone.` = the encoder, see
+modeling_bert.py; a name is in a group when the pattern matches anywhere in it):
+    att          attention.self.(query|key|value)    Q/K/V (the authors' `att`)
+    mlp          every name without "attention"      all outside attention: embeddings, MLPs,
+                                                     the blocks' final LayerNorms, the read-out
+                                                     (the authors' `mlp`)
+    qkv          the same as att, under a plain name
+    attn_output  attention.output.dense              the attention output projection
+    attention    every name with "attention"         Q/K/V, output projection, its LayerNorm
+    ffn          intermediate.dense | output.dense (outside attention)   the MLPs alone
+    embeddings   word_embeddings | position_embeddings
+    layernorm    LayerNorm                           every LayerNorm
+    read_out     read_out.                           the linear read-out
+    all          every parameter                     (a check: gives the source model)
+Reported: MSE over all, observed and hidden entries of the two models and of every combination, on
+the same `data.num_samples` fresh matrices.
+
+Writes to `out_dir`: switch_models.md, summary.json, config.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+import utils
+from data import Batch, DataConfig, MatrixSampler
+from model import MatrixBert, analysis_data_config, load_from_section
+from utils import AnalysisData, CkptSection, UserError, opt
+
+GROUPS = {
+    "att": r"attention\.self\.(query|key|value)\.",
+    "mlp": r"^(?!.*attention)",
+    "qkv": r"attention\.self\.(query|key|value)\.",
+    "attn_output": r"attention\.output\.dense\.",
+    "attention": r"attention",
+    "ffn": r"intermediate\.dense\.|layer\.\d+\.output\.dense\.",
+    "embeddings": r"(word|position)_embeddings\.",
+    "layernorm": r"LayerNorm\.",
+    "read_out": r"^read_out\.",
+    "all": r".",
+}
+DIRECTIONS = ("pre_to_post", "post_to_pre")
+LOSSES = ("loss", "loss_obs", "loss_mask")
+
+
+@dataclass
+class PrePostCkpt:
+    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
+    pre_step: int = opt(4000, "the pre-drop checkpoint's step (the authors: 4000)")
+    post_step: int = opt(50000, "the post-drop checkpoint's step (the authors: 50000)")
+    pre_path: str | None = opt(None, "a pre-drop checkpoint file instead of run/pre_step")
+    post_path: str | None = opt(None, "a post-drop checkpoint file instead of run/post_step")
+    num_attention_heads: int | None = opt(
+        None, "heads, for authors'-format checkpoints only (the paper: 8)"
+    )
+
+
+@dataclass
+class SwitchSection:
+    groups: list[str] = opt(list(GROUPS), f"groups to switch, one at a time: {', '.join(GROUPS)}")
+    directions: list[str] = opt(list(DIRECTIONS), "pre_to_post and/or post_to_pre")
+
+    def __post_init__(self) -> None:
+        for g in self.groups:
+            if g not in GROUPS:
+                raise UserError(f"unknown group '{g}' (valid: {', '.join(GROUPS)})")
+        for d in self.directions:
+            if d not in DIRECTIONS:
+                raise UserError(f"unknown direction '{d}' (valid: {', '.join(DIRECTIONS)})")
+
+
+@dataclass
+class Config:
+    seed: int = opt(0, "seed for the sampled matrices")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    out_dir: str = opt("results/switch_models", "output folder; relative paths from the repo root")
+    ckpt: PrePostCkpt = field(default_factory=PrePostCkpt)
+    data: AnalysisData = field(default_factory=AnalysisData)
+    switch: SwitchSection = field(default_factory=SwitchSection)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def group_keys(names: list[str], groups: list[str]) -> list[str]:
+    """The parameter names in any of `groups` (see GROUPS)."""
+    patterns = [re.compile(GROUPS[g]) for g in groups]
+    return [k for k in names if any(p.search(k) for p in patterns)]
+
+
+def switched_state(base: dict, source: dict, keys: list[str]) -> dict:
+    """`base`'s state dict with the entries `keys` taken from `source`."""
+    keys = set(keys)
+    return {k: (source[k] if k in keys else v).clone() for k, v in base.items()}
+
+
+def build(model: MatrixBert, state: dict) -> MatrixBert:
+    """A copy of `model` holding `state`."""
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out.eval()
+
+
+def load_pair(section: PrePostCkpt, device) -> dict[str, tuple[MatrixBert, dict]]:
+    """{"pre": (model, ckpt), "post": (model, ckpt)}, checked to have the same shapes."""
+    out = {}
+    for name, step, path in (
+        ("pre", section.pre_step, section.pre_path),
+        ("post", section.post_step, section.post_path),
+    ):
+        one = CkptSection(
+            run=section.run, path=path, num_attention_heads=section.num_attention_heads
+        )
+        out[name] = load_from_section(one, device, step)
+    if out["pre"][0].config != out["post"][0].config:
+        raise UserError("the pre- and post-drop checkpoints have different model configs")
+    return out
+
+
+def draw_batches(
+    sampler: MatrixSampler, data_cfg: DataConfig, num_samples: int, batch_size: int
+) -> list[Batch]:
+    """`num_samples` fresh m×n matrices in batches of at most `batch_size`."""
+    full, rest = divmod(num_samples, batch_size)
+    sizes = [batch_size] * full + ([rest] if rest else [])
+    return [sampler.sample(b, m=data_cfg.m, n=data_cfg.n) for b in sizes]
+
+
+@torch.no_grad()
+def evaluate(model: MatrixBert, batches: list[Batch]) -> dict:
+    """MSE over all, observed and hidden entries of `batches`."""
+    pred = torch.cat([model(b.input_ids) for b in batches])
+    target = torch.cat([b.target for b in batches])
+    observed = torch.cat([b.observed for b in batches])
+    losses = utils.to_floats(utils.masked_mse(pred, target, observed))
+    return {k: utils.finite_or_none(losses[k]) for k in LOSSES}
+
+
+def main(cfg: Config) -> dict:
+    device = utils.choose_device(cfg.device)
+    models = load_pair(cfg.ckpt, device)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    steps = {k: ckpt.get("step") for k, (_, ckpt) in models.items()}
+    data_cfg = analysis_data_config(models["post"][1], cfg.data, models["post"][0])
+    utils.seed_everything(cfg.seed)
+    sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
+    batches = draw_batches(sampler, data_cfg, cfg.data.num_samples, cfg.data.batch_size)
+    names = list(models["post"][0].state_dict())
+    rows = []
+    for k in ("pre", "post"):
+        row = {"model": f"{k} (step {steps[k]})", "base": k, "group": None, "from": None}
+        rows.append({**row, "params": 0, **evaluate(models[k][0], batches)})
+    for direction in cfg.switch.directions:
+        src, base = direction.split("_to_")
+        for group in cfg.switch.groups:
+            keys = group_keys(names, [group])
+            if not keys:
+                raise UserError(f"group '{group}' matches no parameter of this model")
+            state = switched_state(models[base][0].state_dict(), models[src][0].state_dict(), keys)
+            params = sum(models[base][0].state_dict()[k].numel() for k in keys)
+            row = {"model": f"{base} with {group} from {src}", "base": base, "group": group}
+            losses = evaluate(build(models[base][0], state), batches)
+            rows.append({**row, "from": src, "params": params, **losses})
+    summary = {"steps": steps, "groups": {g: GROUPS[g] for g in cfg.switch.groups}, "rows": rows}
+    text = (
+        f"MSE over all (loss), observed (loss_obs) and hidden (loss_mask) entries; pre = step "
+        f"{steps['pre']}, post = step {steps['post']}; `params`: parameters switched.\n\n"
+        + utils.markdown_table(rows, ["model", "params", *LOSSES])
+    )
+    print(text)
+    utils.atomic_write_text(out_dir / "switch_models.md", text)
+    utils.write_json(out_dir / "summary.json", summary)
+    print(f"outputs in {out_dir}")
+    return summary
+
+
+if __name__ == "__main__":
+    utils.cli(main, Config, __doc__, "configs/switch_models.yaml")

@@ -1,0 +1,113 @@
+import json
+import math
+
+import pytest
+import torch
+from conftest import ROOT
+
+import att_maps
+import utils
+from utils import UserError
+
+
+def _cfg(tiny_run, tmp_path, *overrides):
+    run, _ = tiny_run
+    return utils.load_config(
+        att_maps.Config,
+        ROOT / "configs" / "att_maps.yaml",
+        [
+            f"ckpt.run={run}",
+            "ckpt.steps=[10, 20]",
+            f"out_dir={tmp_path / 'out'}",
+            "device=cpu",
+            "data.num_samples=12",
+            "data.batch_size=8",
+            *overrides,
+        ],
+    )
+
+
+def test_smoke_row_mask(tiny_run, tmp_path):
+    cfg = _cfg(
+        tiny_run,
+        tmp_path,
+        "att_maps.mask=row",
+        "att_maps.hidden_lines=[1, 3]",
+        "att_maps.keep_at=[0, 2]",
+    )
+    summary = att_maps.main(cfg)
+    out = tmp_path / "out"
+    for name in (
+        "config.yaml",
+        "summary.json",
+        "heads.md",
+        "att_maps_step000010.png",
+        "att_maps_step000020.pdf",
+    ):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert [c["step"] for c in saved["checkpoints"]] == [10, 20]
+    assert saved["observed_pattern"][1] == [1, 0, 0, 0]
+    for c in saved["checkpoints"]:
+        assert len(c["heads"]) == 2 * 4
+        for h in c["heads"]:
+            assert all(math.isfinite(h[k]) for k in att_maps.SHARES)
+            assert h["observed"] + h["hidden"] == pytest.approx(1.0, abs=1e-5)
+        assert set(c["claim"]) == {"row_head", "col_head"}
+
+
+def _pattern(m, n, rule):
+    """[1, 1, T, T]: each query spreads its attention evenly over the keys `rule` allows."""
+    t = m * n
+    p = torch.zeros(t, t)
+    for q in range(t):
+        keys = [k for k in range(t) if rule(divmod(q, n), divmod(k, n), q == k)]
+        p[q, keys] = 1 / len(keys)
+    return p[None, None]
+
+
+def test_shares_of_hand_built_patterns():
+    m, n = 2, 3  # not square, so rows and columns cannot be confused
+    observed = torch.tensor([[True, False, True, True, True, False]])
+    same_row = _pattern(m, n, lambda a, b, me: a[0] == b[0] and not me)
+    same_col = _pattern(m, n, lambda a, b, me: a[1] == b[1] and not me)
+    itself = _pattern(m, n, lambda a, b, me: me)
+    uniform = _pattern(m, n, lambda a, b, me: True)
+    s = att_maps.attention_shares(same_row, observed, m, n)
+    assert (s["row"].item(), s["col"].item(), s["self"].item()) == pytest.approx((1, 0, 0))
+    s = att_maps.attention_shares(same_col, observed, m, n)
+    assert (s["row"].item(), s["col"].item(), s["self"].item()) == pytest.approx((0, 1, 0))
+    s = att_maps.attention_shares(itself, observed, m, n)
+    assert (s["self"].item(), s["observed"].item()) == pytest.approx((1, 4 / 6))
+    s = att_maps.attention_shares(uniform, observed, m, n)
+    chance = att_maps.chance_shares(m, n, 4 / 6)
+    for k in att_maps.SHARES:
+        assert s[k].item() == pytest.approx(chance[k])
+
+
+def test_structured_masks_follow_the_authors_example():
+    section = att_maps.AttMapsSection(mask="row", hidden_lines=[3, 6], keep_at=[1, 5])
+    row = att_maps.mask_pattern(section, 7, 7)
+    assert row[3].tolist() == [j == 1 for j in range(7)]
+    assert row[6].tolist() == [j == 5 for j in range(7)]
+    assert int(row.sum()) == 49 - 2 * 6
+    section.mask = "col"
+    col = att_maps.mask_pattern(section, 7, 7)
+    assert torch.equal(col, row.T)
+    section.hidden_lines = [7]
+    with pytest.raises(UserError, match="hidden_lines"):
+        att_maps.mask_pattern(section, 7, 7)
+
+
+def test_head_out_of_range_is_named(tiny_run, tmp_path):
+    cfg = _cfg(tiny_run, tmp_path, "att_maps.row_head=[2, 0]")
+    with pytest.raises(UserError, match="row_head.*layer 2"):
+        att_maps.main(cfg)
+
+
+def test_missing_checkpoint_says_how_to_make_it_and_writes_nothing(tiny_run, tmp_path):
+    cfg = _cfg(tiny_run, tmp_path, "ckpt.steps=[10, 30]")
+    with pytest.raises(UserError, match="step_000030.pt not found; make it with: python3 train.py"):
+        att_maps.main(cfg)
+    assert not (tmp_path / "out").exists()
