@@ -1,0 +1,609 @@
+"""Token and positional embeddings of a trained model (paper Fig. 7 and its appendix figures).
+
+    python3 embed.py --config configs/embed.yaml --exp_type=token_norm
+    python3 embed.py --config configs/embed.yaml --exp_type=pos_tsne --ckpt.step=20000
+
+`exp_type` picks one experiment; each writes into `out_dir/<exp_type>/` its resolved config.yaml,
+summary.json (every number it prints), table.md and its figures (PNG, and PDF for the paper's):
+
+  token_norm      ℓ2 norm of each value token's embedding against its value, over
+                  [embed.value_min, embed.value_max] (Fig. 7). Checks: corr(norm(v), norm(−v))
+                  and their mean relative difference (symmetry about 0); corr(norm, |v|).
+  token_pca       the top-2 principal components of those embeddings, coloured by value bins
+                  (Fig. 7). Checks: |corr(PC, |v|)| (magnitude) and |corr(PC, sign v)| (sign).
+  pos_norm        ℓ2 norm of the positional embeddings the matrix uses (the first m·n rows).
+  pos_tsne        t-SNE of those positional embeddings, coloured by column (Fig. 7) and by row.
+                  Checks: silhouette scores of the embeddings grouped by column and by row.
+  token_progress  token_pca at each of `ckpt.steps`, projected on the final checkpoint's PCs.
+  pos_progress    pos_tsne at each of `ckpt.steps` (both colourings).
+  permute         the loss before and after randomly permuting the positional embeddings the
+                  matrix uses, over `embed.num_permutations` permutations, on `data.num_samples`
+                  fresh matrices (utils.masked_mse: all, observed and hidden entries).
+
+The paper, after the drop: the norm is symmetric about 0, the two PCs encode magnitude and sign,
+positional embeddings cluster by column, and permuting them breaks the model. Token ids are made
+with data.tokenize from the checkpoint's data config; m, n default to the checkpoint's too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+import utils
+from data import DataConfig, MatrixSampler
+from model import MatrixBert, analysis_data_config, load_from_section
+from train import checkpoints
+from utils import AnalysisData, CkptSection, UserError, opt
+
+EXP_TYPES = (
+    "token_norm",
+    "token_pca",
+    "pos_norm",
+    "pos_tsne",
+    "token_progress",
+    "pos_progress",
+    "permute",
+)
+
+
+@dataclass
+class EmbedCkpt(CkptSection):
+    steps: list[int] = opt(
+        [4000, 10000, 14000, 16000, 20000],
+        "checkpoints for token_progress / pos_progress; empty: every checkpoint in `run`",
+    )
+
+
+@dataclass
+class EmbedSection:
+    value_min: float = opt(-1.5, "smallest value whose token embedding is studied")
+    value_max: float = opt(1.5, "largest value whose token embedding is studied")
+    num_bins: int = opt(6, "equal-width value bins that colour the token PCA (paper: 6)")
+    num_permutations: int = opt(5, "random permutations of the positional embeddings (permute)")
+    tsne_perplexity: float = opt(30.0, "t-SNE perplexity; lowered to (points − 1) if above it")
+
+    def __post_init__(self) -> None:
+        if self.value_min >= self.value_max:
+            raise UserError("'embed.value_min' must be below 'embed.value_max'")
+        if self.num_bins < 1 or self.num_permutations < 1 or self.tsne_perplexity <= 0:
+            raise UserError(
+                "'embed.num_bins' and 'embed.num_permutations' must be ≥ 1 and "
+                "'embed.tsne_perplexity' positive"
+            )
+
+
+@dataclass
+class EmbedConfig:
+    exp_type: str = opt("token_norm", "the experiment to run", EXP_TYPES)
+    seed: int = opt(0, "seed for data, permutations and t-SNE")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    out_dir: str = opt("results/embed", "outputs go to out_dir/<exp_type>/")
+    ckpt: EmbedCkpt = field(default_factory=EmbedCkpt)
+    data: AnalysisData = field(default_factory=AnalysisData)
+    embed: EmbedSection = field(default_factory=EmbedSection)
+
+    def __post_init__(self) -> None:
+        check_exp_type(self.exp_type)
+
+
+def check_exp_type(name: str) -> None:
+    if name not in EXP_TYPES:
+        raise UserError(f"unknown exp_type '{name}' (valid: {', '.join(EXP_TYPES)})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def value_tokens(cfg: DataConfig, value_min: float, value_max: float) -> tuple[np.ndarray, list]:
+    """(every representable value in [value_min, value_max], its token id), via data.tokenize."""
+    if value_min < cfg.min_vocab or value_max > cfg.max_vocab:
+        raise UserError(
+            f"embed.value_min/value_max [{value_min}, {value_max}] leave the checkpoint's "
+            f"vocabulary [{cfg.min_vocab}, {cfg.max_vocab}]"
+        )
+    scale = 10**cfg.prec
+    k = np.arange(
+        int(np.ceil(value_min * scale - 1e-9)), int(np.floor(value_max * scale + 1e-9)) + 1
+    )
+    if len(k) < 3:
+        raise UserError(
+            f"embed.value_min/value_max hold {len(k)} values at prec {cfg.prec}; need ≥ 3"
+        )
+    values = k / scale
+    observed = torch.ones(1, len(k), dtype=torch.bool)
+    ids = data.tokenize(
+        torch.tensor(values).view(1, -1), observed, cfg.prec, cfg.min_vocab, cfg.max_vocab
+    )
+    return values, ids.tolist()
+
+
+def token_embeddings(model: MatrixBert, ids: list[int]) -> np.ndarray:
+    """Rows of the token embedding table for `ids`: [V, D]."""
+    table = model.backbone.embeddings.word_embeddings.weight
+    return table[ids].detach().float().cpu().numpy()
+
+
+def position_embeddings(model: MatrixBert, m: int, n: int) -> np.ndarray:
+    """The positional embeddings of an m×n matrix (entry (i, j) at row i·n + j): [m·n, D]."""
+    table = model.backbone.embeddings.position_embeddings.weight
+    return table[: m * n].detach().float().cpu().numpy()
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation; None where either side is constant."""
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return utils.finite_or_none(float(np.corrcoef(a, b)[0, 1]))
+
+
+def norm_symmetry(values: np.ndarray, norms: np.ndarray) -> dict:
+    """How symmetric norm(v) is about v = 0, over the pairs (v, −v) with v > 0 in the range."""
+    keys = np.round(values * 1e6).astype(np.int64)  # exact keys for the decimal grid
+    index = {k: i for i, k in enumerate(keys.tolist())}
+    pairs = [(i, index[-k]) for i, k in enumerate(keys.tolist()) if k > 0 and -k in index]
+    pos, neg = norms[[i for i, _ in pairs]], norms[[j for _, j in pairs]]
+    rel = np.abs(pos - neg) / ((pos + neg) / 2) if pairs else np.array([])
+    return {
+        "num_pairs": len(pairs),
+        "norm_symmetry_corr": _corr(pos, neg),
+        "norm_symmetry_rel_diff": float(rel.mean()) if len(rel) else None,
+        "norm_corr_abs_value": _corr(norms, np.abs(values)),
+    }
+
+
+def pc_separation(pcs: np.ndarray, values: np.ndarray) -> dict:
+    """|corr| of each of the two PCs with |v| (magnitude) and with sign(v)."""
+    out = {}
+    for k in range(2):
+        for key, target in (("magnitude", np.abs(values)), ("sign", np.sign(values))):
+            c = _corr(pcs[:, k], target)
+            out[f"pc{k + 1}_abs_corr_{key}"] = None if c is None else abs(c)
+    return out
+
+
+def fit_pca(x: np.ndarray):
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2).fit(x)
+
+
+def value_bins(values: np.ndarray, lo: float, hi: float, num_bins: int) -> tuple[np.ndarray, list]:
+    """(bin index of each value, bin labels): equal-width bins over [lo, hi], the last closed."""
+    edges = np.linspace(lo, hi, num_bins + 1)
+    which = np.digitize(values, edges[1:-1])
+    labels = [
+        f"[{a:g}, {b:g}{']' if i == num_bins - 1 else ')'}"
+        for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))
+    ]
+    return which, labels
+
+
+def tsne_2d(x: np.ndarray, perplexity: float, seed: int) -> tuple[np.ndarray, float]:
+    """(t-SNE coordinates [N, 2], the perplexity used: at most N − 1, as sklearn requires)."""
+    from sklearn.manifold import TSNE
+
+    if len(x) < 3:
+        raise UserError(f"t-SNE needs at least 3 positions, the matrix has {len(x)}")
+    used = min(perplexity, len(x) - 1.0)
+    # Exact gradients: a matrix has few positions, and Barnes-Hut is slower there.
+    tsne = TSNE(n_components=2, perplexity=used, random_state=seed, init="pca", method="exact")
+    coords = tsne.fit_transform(x)
+    return coords, used
+
+
+def grid_labels(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of each row-major position of an m×n matrix, 0-based."""
+    pos = np.arange(m * n)
+    return pos // n, pos % n
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
+    """sklearn's silhouette score (−1..1, higher = tighter groups); None if undefined."""
+    from sklearn.metrics import silhouette_score
+
+    if not 2 <= len(set(labels.tolist())) <= len(x) - 1:
+        return None
+    return float(silhouette_score(x, labels))
+
+
+def cluster_scores(pos: np.ndarray, coords: np.ndarray, m: int, n: int) -> dict:
+    """Silhouettes of the positions grouped by column and by row, raw and in t-SNE space."""
+    rows, cols = grid_labels(m, n)
+    return {
+        "silhouette_column": silhouette(pos, cols),
+        "silhouette_row": silhouette(pos, rows),
+        "silhouette_column_tsne": silhouette(coords, cols),
+        "silhouette_row_tsne": silhouette(coords, rows),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Permuting the positional embeddings
+
+
+@contextlib.contextmanager
+def permuted_positions(model: MatrixBert, perm: torch.Tensor) -> Iterator[None]:
+    """Positions 0..len(perm)−1 use the embeddings of positions `perm`; restored on exit.
+
+    A weight intervention (no hook sees the positional embeddings before the LayerNorm)."""
+    weight = model.backbone.embeddings.position_embeddings.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[: len(perm)] = saved[perm.to(weight.device)]
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+@torch.no_grad()
+def eval_losses(model: MatrixBert, batches: list[data.Batch]) -> dict:
+    """utils.masked_mse over all the batches at once, as floats."""
+    pred = torch.cat([model(b.input_ids) for b in batches])
+    target = torch.cat([b.target for b in batches])
+    observed = torch.cat([b.observed for b in batches])
+    return utils.to_floats(utils.masked_mse(pred, target, observed))
+
+
+def draw_batches(cfg: DataConfig, section: AnalysisData, device, seed: int) -> list[data.Batch]:
+    """`section.num_samples` fresh m×n matrices in batches of at most `section.batch_size`."""
+    sampler = MatrixSampler(cfg, device, seed=seed)
+    full, rest = divmod(section.num_samples, section.batch_size)
+    sizes = [section.batch_size] * full + ([rest] if rest else [])
+    return [sampler.sample(b, cfg.m, cfg.n) for b in sizes]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curve(x, y, xlabel: str, ylabel: str, title: str, out_dir: Path, stem: str, xticks=None):
+    """One line plot, PNG and PDF."""
+    plt = _pyplot()
+    with plt.rc_context(utils.plot_style()):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot(x, y, lw=1.4)
+        if xticks is not None:
+            ax.set_xticks(xticks)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        utils.save_figure(fig, out_dir, stem, pdf=True)
+        plt.close(fig)
+
+
+def _scatter_groups(ax, coords: np.ndarray, groups: np.ndarray, labels: list[str], cmap) -> None:
+    colors = cmap(np.linspace(0, 1, len(labels)))
+    for g, label in enumerate(labels):
+        sel = groups == g
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=14, color=colors[g], label=label)
+
+
+def plot_panels(
+    panels: list[tuple[str, np.ndarray]],
+    groups: np.ndarray,
+    labels: list[str],
+    out_dir: Path,
+    stem: str,
+    *,
+    axes_labels: tuple[str, str],
+    legend_title: str,
+    cmap_name: str = "viridis",
+    share: bool = False,
+) -> None:
+    """One scatter per panel (title, coords [N, 2]), coloured by `groups`, one shared legend."""
+    plt = _pyplot()
+    with plt.rc_context(utils.plot_style()):
+        k = len(panels)
+        fig, axs = plt.subplots(
+            1, k, figsize=(3.6 * k + 1.4, 3.6), squeeze=False, sharex=share, sharey=share
+        )
+        for ax, (title, coords) in zip(axs[0], panels):
+            _scatter_groups(ax, coords, groups, labels, plt.get_cmap(cmap_name))
+            ax.set(title=title, xlabel=axes_labels[0], ylabel=axes_labels[1])
+            ax.locator_params(nbins=5)
+        handles, names = axs[0, 0].get_legend_handles_labels()
+        fig.legend(
+            handles,
+            names,
+            title=legend_title,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
+        fig.tight_layout()
+        utils.save_figure(fig, out_dir, stem, pdf=True)
+        plt.close(fig)
+
+
+def plot_permute(before: dict, after: list[dict], out_dir: Path) -> None:
+    plt = _pyplot()
+    keys = [("loss", "L (all)"), ("loss_obs", "L_obs"), ("loss_mask", "L_mask")]
+    with plt.rc_context(utils.plot_style()):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        x = np.arange(len(keys))
+        ax.bar(x - 0.2, [before[k] for k, _ in keys], 0.4, label="original")
+        means = [np.mean([a[k] for a in after]) for k, _ in keys]
+        ax.bar(x + 0.2, means, 0.4, label=f"permuted (mean of {len(after)})")
+        for i, (k, _) in enumerate(keys):
+            ax.scatter([i + 0.2] * len(after), [a[k] for a in after], color="k", s=8, zorder=3)
+        ax.set_xticks(x, [label for _, label in keys])
+        ax.set(ylabel="MSE", yscale="log", title="positional embeddings permuted")
+        ax.legend()
+        utils.save_figure(fig, out_dir, "permute")
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiments. Each takes the run's context and writes its figures; returns (summary, rows).
+
+
+@dataclass
+class Context:
+    cfg: EmbedConfig
+    model: MatrixBert
+    step: int | None
+    data_cfg: DataConfig
+    values: np.ndarray
+    ids: list[int]
+    out_dir: Path
+    device: torch.device
+
+    @property
+    def m(self) -> int:
+        return self.data_cfg.m
+
+    @property
+    def n(self) -> int:
+        return self.data_cfg.n
+
+
+def _as_rows(summary: dict) -> list[dict]:
+    return [{"quantity": k, "value": v} for k, v in summary.items() if not isinstance(v, list)]
+
+
+def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
+    norms = np.linalg.norm(token_embeddings(ctx.model, ctx.ids), axis=1)
+    summary = {
+        "step": ctx.step,
+        "num_values": len(ctx.values),
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
+        "norm_mean": float(norms.mean()),
+        "norm_argmin_value": float(ctx.values[norms.argmin()]),
+        **norm_symmetry(ctx.values, norms),
+    }
+    csv = "value,norm\n" + "".join(f"{v:g},{x:.6g}\n" for v, x in zip(ctx.values, norms))
+    utils.atomic_write_text(ctx.out_dir / "token_norm.csv", csv)
+    plot_curve(
+        ctx.values,
+        norms,
+        "value",
+        "ℓ2 norm of token embedding",
+        f"step {ctx.step}",
+        ctx.out_dir,
+        "token_norm",
+    )
+    return summary, _as_rows(summary)
+
+
+def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
+    emb = token_embeddings(ctx.model, ctx.ids)
+    pca = fit_pca(emb)
+    pcs = pca.transform(emb)
+    summary = {
+        "step": ctx.step,
+        "explained_variance_pc1": float(pca.explained_variance_ratio_[0]),
+        "explained_variance_pc2": float(pca.explained_variance_ratio_[1]),
+        **pc_separation(pcs, ctx.values),
+    }
+    e = ctx.cfg.embed
+    groups, labels = value_bins(ctx.values, e.value_min, e.value_max, e.num_bins)
+    plot_panels(
+        [(f"step {ctx.step}", pcs)],
+        groups,
+        labels,
+        ctx.out_dir,
+        "token_pca",
+        axes_labels=("PC1", "PC2"),
+        legend_title="value",
+    )
+    return summary, _as_rows(summary)
+
+
+def run_pos_norm(ctx: Context) -> tuple[dict, list[dict]]:
+    norms = np.linalg.norm(position_embeddings(ctx.model, ctx.m, ctx.n), axis=1)
+    summary = {
+        "step": ctx.step,
+        "m": ctx.m,
+        "n": ctx.n,
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
+        "norm_mean": float(norms.mean()),
+        "norm_std": float(norms.std()),
+    }
+    csv = "position,row,column,norm\n" + "".join(
+        f"{p},{p // ctx.n},{p % ctx.n},{x:.6g}\n" for p, x in enumerate(norms)
+    )
+    utils.atomic_write_text(ctx.out_dir / "pos_norm.csv", csv)
+    plot_curve(
+        np.arange(len(norms)),
+        norms,
+        "position (row-major, 0-based)",
+        "ℓ2 norm of positional embedding",
+        f"step {ctx.step}",
+        ctx.out_dir,
+        "pos_norm",
+        xticks=np.arange(0, len(norms), ctx.n),
+    )
+    return summary, _as_rows(summary)
+
+
+def _pos_tsne(model: MatrixBert, ctx: Context) -> tuple[np.ndarray, dict]:
+    pos = position_embeddings(model, ctx.m, ctx.n)
+    coords, used = tsne_2d(pos, ctx.cfg.embed.tsne_perplexity, ctx.cfg.seed)
+    return coords, {"perplexity": used, **cluster_scores(pos, coords, ctx.m, ctx.n)}
+
+
+def _plot_by_row_and_column(panels, ctx: Context, stem: str) -> None:
+    rows, cols = grid_labels(ctx.m, ctx.n)
+    for kind, groups, count in (("column", cols, ctx.n), ("row", rows, ctx.m)):
+        labels = [f"{kind} {i + 1}" for i in range(count)]
+        plot_panels(
+            panels,
+            groups,
+            labels,
+            ctx.out_dir,
+            f"{stem}_{kind}",
+            axes_labels=("t-SNE 1", "t-SNE 2"),
+            legend_title=f"{kind} (1-based)",
+            cmap_name="tab10" if count <= 10 else "viridis",
+        )
+
+
+def run_pos_tsne(ctx: Context) -> tuple[dict, list[dict]]:
+    coords, scores = _pos_tsne(ctx.model, ctx)
+    summary = {"step": ctx.step, "m": ctx.m, "n": ctx.n, **scores}
+    _plot_by_row_and_column([(f"step {ctx.step}", coords)], ctx, "pos_tsne")
+    return summary, _as_rows(summary)
+
+
+def progress_steps(ctx: Context) -> list[int]:
+    """`ckpt.steps`, or every checkpoint in `ckpt.run` when that list is empty."""
+    section = ctx.cfg.ckpt
+    if section.path:
+        raise UserError(
+            f"{ctx.cfg.exp_type} needs ckpt.run with ckpt.steps; ckpt.path names one file"
+        )
+    steps = section.steps or list(checkpoints(utils.resolve_path(section.run)))
+    if not steps:
+        raise UserError(f"no checkpoints in {section.run} for {ctx.cfg.exp_type}")
+    return steps
+
+
+def _each_checkpoint(ctx: Context) -> Iterator[tuple[int, MatrixBert]]:
+    for step in progress_steps(ctx):
+        model, ckpt = load_from_section(ctx.cfg.ckpt, ctx.device, step=step)
+        yield int(ckpt.get("step", step)), model
+
+
+def run_token_progress(ctx: Context) -> tuple[dict, list[dict]]:
+    pca = fit_pca(token_embeddings(ctx.model, ctx.ids))  # the final checkpoint's components
+    panels, rows = [], []
+    for step, model in _each_checkpoint(ctx):
+        emb = token_embeddings(model, ctx.ids)
+        pcs = pca.transform(emb)
+        norms = np.linalg.norm(emb, axis=1)
+        rows.append(
+            {
+                "step": step,
+                **pc_separation(pcs, ctx.values),
+                "norm_symmetry_corr": norm_symmetry(ctx.values, norms)["norm_symmetry_corr"],
+            }
+        )
+        panels.append((f"step {step}", pcs))
+    e = ctx.cfg.embed
+    groups, labels = value_bins(ctx.values, e.value_min, e.value_max, e.num_bins)
+    plot_panels(
+        panels,
+        groups,
+        labels,
+        ctx.out_dir,
+        "token_progress",
+        axes_labels=(f"PC1 (step {ctx.step})", f"PC2 (step {ctx.step})"),
+        legend_title="value",
+        share=True,
+    )
+    return {"final_step": ctx.step, "steps": rows}, rows
+
+
+def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
+    panels, rows = [], []
+    for step, model in _each_checkpoint(ctx):
+        coords, scores = _pos_tsne(model, ctx)
+        rows.append({"step": step, **scores})
+        panels.append((f"step {step}", coords))
+    _plot_by_row_and_column(panels, ctx, "pos_progress")
+    return {"m": ctx.m, "n": ctx.n, "steps": rows}, rows
+
+
+def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
+    batches = draw_batches(ctx.data_cfg, ctx.cfg.data, ctx.device, ctx.cfg.seed)
+    before = eval_losses(ctx.model, batches)
+    gen = torch.Generator().manual_seed(ctx.cfg.seed)
+    t = ctx.m * ctx.n
+    after = []
+    for _ in range(ctx.cfg.embed.num_permutations):
+        perm = torch.randperm(t, generator=gen)
+        with permuted_positions(ctx.model, perm):
+            losses = eval_losses(ctx.model, batches)
+        after.append({**losses, "moved_frac": float((perm != torch.arange(t)).float().mean())})
+    mean_after = {
+        k: float(np.mean([a[k] for a in after])) for k in ("loss", "loss_obs", "loss_mask")
+    }
+    summary = {
+        "step": ctx.step,
+        "num_samples": ctx.cfg.data.num_samples,
+        "loss_before": before["loss"],
+        "loss_obs_before": before["loss_obs"],
+        "loss_mask_before": before["loss_mask"],
+        "loss_after_mean": mean_after["loss"],
+        "loss_after_std": float(np.std([a["loss"] for a in after])),
+        "loss_obs_after_mean": mean_after["loss_obs"],
+        "loss_mask_after_mean": mean_after["loss_mask"],
+        "loss_ratio_after_before": mean_after["loss"] / before["loss"],
+        "permutations": after,
+    }
+    plot_permute(before, after, ctx.out_dir)
+    return summary, _as_rows(summary)
+
+
+EXPERIMENTS: dict[str, Callable[[Context], tuple[dict, list[dict]]]] = {
+    "token_norm": run_token_norm,
+    "token_pca": run_token_pca,
+    "pos_norm": run_pos_norm,
+    "pos_tsne": run_pos_tsne,
+    "token_progress": run_token_progress,
+    "pos_progress": run_pos_progress,
+    "permute": run_permute,
+}
+
+
+def main(cfg: EmbedConfig) -> dict:
+    check_exp_type(cfg.exp_type)
+    utils.seed_everything(cfg.seed)
+    device = utils.choose_device(cfg.device)
+    model, ckpt = load_from_section(cfg.ckpt, device)
+    data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    values, ids = value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
+    out_dir = utils.prepare_output(Path(cfg.out_dir) / cfg.exp_type, cfg)
+    ctx = Context(cfg, model, ckpt.get("step"), data_cfg, values, ids, out_dir, device)
+    summary, rows = EXPERIMENTS[cfg.exp_type](ctx)
+    summary = {"exp_type": cfg.exp_type, **summary}
+    table = utils.markdown_table(rows)
+    utils.write_json(out_dir / "summary.json", summary)
+    utils.atomic_write_text(out_dir / "table.md", table)
+    print(
+        f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table}outputs in {out_dir}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    utils.cli(main, EmbedConfig, __doc__, "configs/embed.yaml")
