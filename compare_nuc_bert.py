@@ -1,0 +1,172 @@
+"""The trained BERT against nuclear-norm minimisation as more entries are hidden (paper Fig. 3).
+
+    python3 compare_nuc_bert.py --config configs/compare_nuc_bert.yaml
+    python3 compare_nuc_bert.py --config configs/compare_nuc_bert.yaml --compare.solver=CLARABEL
+
+For each p_mask of `compare.p_masks` (the paper: 0.10 to 0.60 by 0.05, 512 matrices each) it
+draws matrices like the checkpoint's training data, fills them in with the BERT and with the exact
+nuclear-norm minimiser (min ‖X‖* subject to agreeing on the observed entries; cvx_nuc_norm.py) on
+the same matrices, and reports the MSE of each over all, observed and hidden entries, and the mean
+nuclear norm of the BERT's predicted matrix, of the minimiser and of the true matrix. The paper
+finds the BERT's MSE below the minimiser's at the training p_mask.
+Writes config.yaml, summary.json (every number, and the solver's time), table.md and
+compare_nuc_bert.png/.pdf (MSE and nuclear norm against p_mask, log scale).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import cvx_nuc_norm
+import utils
+from data import Batch, MatrixSampler
+from model import MatrixBert, analysis_data_config, load_from_section
+from utils import AnalysisData, CkptSection, UserError, opt
+
+P_MASKS = [round(0.10 + 0.05 * i, 2) for i in range(11)]
+
+
+@dataclass
+class CompareSection:
+    p_masks: list[float] = opt(P_MASKS, "probabilities of hiding an entry, one point each")
+    solver: str = opt(
+        "ipm", "nuclear-norm solver: ipm (batched, ours) or a cvxpy one", cvx_nuc_norm.SOLVERS
+    )
+
+    def __post_init__(self) -> None:
+        if not self.p_masks or any(not 0.0 <= p < 1.0 for p in self.p_masks):
+            raise UserError(f"'compare.p_masks' must be values in [0, 1), got {self.p_masks}")
+
+
+@dataclass
+class CompareConfig:
+    seed: int = opt(0, "seed of the sampled matrices")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    out_dir: str = opt("results/compare_nuc_bert", "output folder (relative: the repo root)")
+    ckpt: CkptSection = field(default_factory=CkptSection)
+    data: AnalysisData = field(default_factory=AnalysisData)
+    compare: CompareSection = field(default_factory=CompareSection)
+
+    def __post_init__(self) -> None:
+        if self.data.p_mask is not None:
+            raise UserError("'data.p_mask' must be null here: the p_mask grid is 'compare.p_masks'")
+
+
+@torch.no_grad()
+def predict(
+    model: MatrixBert, input_ids: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """The model's predictions [B, T] (float32, CPU), `batch_size` matrices per forward pass."""
+    chunks = input_ids.split(batch_size)
+    return torch.cat([model(ids.to(device)).float().cpu() for ids in chunks])
+
+
+def compare_batch(
+    model: MatrixBert, batch: Batch, batch_size: int, device: torch.device, solver: str
+) -> dict:
+    """BERT and the nuclear-norm minimiser on the same matrices: their L, L_obs, L_mask, the mean
+    nuclear norm of each completed matrix and of the truth, over the matrices the solver solved;
+    also how many it did not solve and its time."""
+    shape = (-1, batch.m, batch.n)
+    target, observed = batch.target.reshape(shape), batch.observed.reshape(shape)
+    bert = predict(model, batch.input_ids, batch_size, device).reshape(shape)
+    start = (time.perf_counter(), time.process_time())
+    nuc, solved = cvx_nuc_norm.complete(target, observed, 0.0, solver)
+    wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
+    row = {}
+    for who, pred in (("bert", bert), ("nuc", nuc)):
+        err = cvx_nuc_norm.errors(pred, target, observed, solved)
+        row.update({f"{who}_{k}": v for k, v in err.items()})
+    for who, x in (("bert", bert), ("nuc", nuc), ("true", target)):
+        norms = torch.linalg.matrix_norm(x[solved].double(), ord="nuc")
+        row[f"{who}_norm"] = norms.mean().item() if len(norms) else None
+    row["unsolved"] = int((~solved).sum())
+    row["solver_wall_s"], row["solver_cpu_s"] = wall, cpu
+    return row
+
+
+def plot(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
+    """Two panels against p_mask, log scale: MSE (all and hidden entries) and nuclear norm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = [r["p_mask"] for r in rows]
+    with plt.rc_context(utils.plot_style()):
+        fig, (ax_mse, ax_norm) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+        for who, label, color in (("bert", "BERT", "C0"), ("nuc", "nuclear-norm min.", "C3")):
+            ax_mse.plot(p, [r[f"{who}_loss"] for r in rows], "o-", color=color, label=label)
+            ax_mse.plot(
+                p,
+                [r[f"{who}_loss_mask"] for r in rows],
+                "o--",
+                color=color,
+                alpha=0.6,
+                label=f"{label}, hidden entries",
+            )
+            ax_norm.plot(p, [r[f"{who}_norm"] for r in rows], "o-", color=color, label=label)
+        ax_norm.plot(p, [r["true_norm"] for r in rows], ":", color="0.4", label="true matrix")
+        ax_mse.set(xlabel="p_mask", ylabel="MSE", yscale="log", title="MSE (solid: all entries)")
+        ax_norm.set(xlabel="p_mask", ylabel="mean nuclear norm", yscale="log", title="nuclear norm")
+        ax_mse.legend(fontsize=8)
+        ax_norm.legend(fontsize=8)
+        fig.suptitle(title)
+        paths = utils.save_figure(fig, out_dir, "compare_nuc_bert", pdf=True)
+        plt.close(fig)
+    return paths
+
+
+def main(cfg: CompareConfig) -> dict:
+    utils.seed_everything(cfg.seed)
+    device = utils.choose_device(cfg.device)
+    model, ckpt = load_from_section(cfg.ckpt, device)
+    data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    sampler = MatrixSampler(data_cfg, "cpu", seed=cfg.seed)
+    rows = []
+    for p_mask in cfg.compare.p_masks:
+        batch = sampler.sample(cfg.data.num_samples, p_mask=p_mask)
+        rows.append(
+            {
+                "p_mask": p_mask,
+                **compare_batch(model, batch, cfg.data.batch_size, device, cfg.compare.solver),
+            }
+        )
+    step = ckpt.get("step")
+    title = (
+        f"step {step}: {data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, "
+        f"{cfg.data.num_samples} matrices per point"
+    )
+    summary = {
+        "step": step,
+        "num_samples": cfg.data.num_samples,
+        "solver": cfg.compare.solver,
+        "num_problems": cfg.data.num_samples * len(rows),
+        "solver_wall_s": sum(r["solver_wall_s"] for r in rows),
+        "solver_cpu_s": sum(r["solver_cpu_s"] for r in rows),
+        "unsolved": sum(r["unsolved"] for r in rows),
+        "rows": rows,
+        "figures": [p.name for p in plot(rows, out_dir, title)],
+    }
+    columns = ["p_mask", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
+    columns += ["bert_loss_mask", "nuc_loss_mask", "bert_norm", "nuc_norm", "true_norm", "unsolved"]
+    table = utils.markdown_table(rows, columns)
+    utils.atomic_write_text(out_dir / "table.md", table)
+    utils.write_json(out_dir / "summary.json", summary)
+    print(title)
+    print(table, end="")
+    print(
+        f"solver {cfg.compare.solver}: {summary['num_problems']} problems in "
+        f"{summary['solver_wall_s']:.1f} s ({summary['solver_cpu_s']:.1f} s CPU), "
+        f"{summary['unsolved']} unsolved; outputs in {out_dir}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    utils.cli(main, CompareConfig, __doc__, "configs/compare_nuc_bert.yaml")

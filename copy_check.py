@@ -1,0 +1,151 @@
+"""Does the model copy its input? Checkpoints before and after the drop (paper Table 1).
+
+    python3 copy_check.py --config configs/copy_check.yaml
+    python3 copy_check.py --config configs/copy_check.yaml --ckpt.steps=[4000,50000]
+
+For each checkpoint in `ckpt.steps` it feeds the same matrices in three ways:
+  - MASK: hidden entries given as MASK, as in training;
+  - value v: hidden entries given as the token of v instead (`copy.replace_values`; the paper:
+    0.44 and −0.24);
+  - random: full-rank matrices with i.i.d. Unif[min_val, max_val] entries, hidden entries MASK;
+and reports L, L_obs, L_mask (`loss`, `loss_obs`, `loss_mask`: against the true matrix) and,
+where hidden entries got v, the MSE of the predictions there against v (`mse_to_value`).
+Before the drop the model copies: with v at hidden entries it outputs ≈ v there (a small
+`mse_to_value`), and it copies random inputs (a small L_obs). After the drop it completes the
+matrix instead, so its outputs at hidden entries move away from v.
+Writes config.yaml, summary.json and table.md (one row per checkpoint and input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import utils
+from compare_nuc_bert import predict
+from data import Batch, DataConfig, MatrixSampler, round_values, tokenize
+from model import analysis_data_config, check_fits, checkpoint_path, load_from_section
+from utils import AnalysisData, CkptSection, UserError, opt
+
+
+@dataclass
+class CopyCkptSection:
+    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
+    steps: list[int] = opt(
+        [1000, 4000, 10000, 14000, 50000], "checkpoint steps, in the order of the table"
+    )
+    paths: list[str] = opt([], "checkpoint files instead of run/steps (e.g. the authors' format)")
+    num_attention_heads: int | None = opt(
+        None, "heads, for authors'-format checkpoints only (the paper: 8)"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.steps and not self.paths:
+            raise UserError("'ckpt.steps' (or 'ckpt.paths') must name at least one checkpoint")
+
+    def sections(self) -> list[CkptSection]:
+        """One shared `ckpt` section per checkpoint, for model.load_from_section."""
+        heads = self.num_attention_heads
+        if self.paths:
+            return [CkptSection(path=p, num_attention_heads=heads) for p in self.paths]
+        return [CkptSection(run=self.run, step=s, num_attention_heads=heads) for s in self.steps]
+
+
+@dataclass
+class CopySection:
+    replace_values: list[float] = opt(
+        [0.44, -0.24], "values whose token replaces MASK at the hidden entries, one input each"
+    )
+
+
+@dataclass
+class CopyCheckConfig:
+    seed: int = opt(0, "seed of the sampled matrices")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    out_dir: str = opt("results/copy_check", "output folder (relative: the repo root)")
+    ckpt: CopyCkptSection = field(default_factory=CopyCkptSection)
+    data: AnalysisData = field(default_factory=AnalysisData)
+    copy: CopySection = field(default_factory=CopySection)
+
+
+@dataclass
+class Condition:
+    """One way of feeding the matrices: the input ids and what the outputs are measured against."""
+
+    name: str
+    input_ids: torch.Tensor  # [B, T]
+    target: torch.Tensor  # [B, T] the true (rounded) matrix
+    observed: torch.Tensor  # [B, T] True where the entry was visible
+    value: float | None = None  # the value given at hidden entries, if not MASK
+
+
+def conditions(
+    batch: Batch, random_batch: Batch, replace_values: list[float], cfg: DataConfig
+) -> list[Condition]:
+    """MASK, each replacement value, and random full-rank inputs."""
+    out = [Condition("MASK", batch.input_ids, batch.target, batch.observed)]
+    for v in replace_values:
+        v = round_values(torch.tensor(float(v)), cfg.prec).item()  # what the token encodes
+        shape = (-1, batch.m, batch.n)
+        filled = torch.where(batch.observed, batch.target, v).reshape(shape)
+        everywhere = torch.ones_like(batch.observed).reshape(shape)
+        ids = tokenize(filled, everywhere, cfg.prec, cfg.min_vocab, cfg.max_vocab)
+        out.append(Condition(f"{v:g} at hidden", ids, batch.target, batch.observed, v))
+    rb = random_batch
+    out.append(Condition("random full-rank", rb.input_ids, rb.target, rb.observed))
+    return out
+
+
+def measure(pred: torch.Tensor, condition: Condition) -> dict:
+    """L, L_obs, L_mask against the true matrix, and the MSE to the given value at hidden
+    entries (None where hidden entries were MASK)."""
+    c = condition
+    metrics = utils.to_floats(utils.masked_mse(pred, c.target, c.observed))
+    hidden = pred[~c.observed].double()
+    to_value = None if c.value is None else (hidden - c.value).square().mean().item()
+    losses = {k: utils.finite_or_none(metrics[k]) for k in ("loss", "loss_obs", "loss_mask")}
+    return {**losses, "mse_to_value": to_value}
+
+
+def check_model(model, conds: list[Condition], batch_size: int, device) -> list[dict]:
+    """One row per condition for `model` (anything mapping input ids [B, T] to predictions)."""
+    rows = []
+    for c in conds:
+        pred = predict(model, c.input_ids, batch_size, device)
+        rows.append({"input": c.name, **measure(pred, c)})
+    return rows
+
+
+def main(cfg: CopyCheckConfig) -> dict:
+    utils.seed_everything(cfg.seed)
+    device = utils.choose_device(cfg.device)
+    sections = cfg.ckpt.sections()
+    for section in sections:  # a missing checkpoint stops the script before any work
+        checkpoint_path(section)
+    model, ckpt = load_from_section(sections[0], device)
+    data_cfg = analysis_data_config(ckpt, cfg.data, model)  # every checkpoint sees this data
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    sampler = MatrixSampler(data_cfg, "cpu", seed=cfg.seed)
+    batch = sampler.sample(cfg.data.num_samples)
+    random_batch = sampler.sample_full_rank(cfg.data.num_samples)
+    conds = conditions(batch, random_batch, cfg.copy.replace_values, data_cfg)
+    rows = []
+    for i, section in enumerate(sections):
+        if i > 0:
+            model, ckpt = load_from_section(section, device)
+            check_fits(model.config, data_cfg.vocab_size, data_cfg.max_tokens)
+        for row in check_model(model, conds, cfg.data.batch_size, device):
+            rows.append({"step": ckpt.get("step"), **row})
+    columns = ["step", "input", "loss", "loss_obs", "loss_mask", "mse_to_value"]
+    table = utils.markdown_table(rows, columns)
+    utils.atomic_write_text(out_dir / "table.md", table)
+    summary = {"num_samples": cfg.data.num_samples, "rows": rows}
+    utils.write_json(out_dir / "summary.json", summary)
+    print(f"{data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, p_mask {data_cfg.p_mask}")
+    print(table + f"outputs in {out_dir}")
+    return summary
+
+
+if __name__ == "__main__":
+    utils.cli(main, CopyCheckConfig, __doc__, "configs/copy_check.yaml")
