@@ -200,12 +200,18 @@ def config_help(cls: type, prefix: str = "") -> list[str]:
 
 
 def parse_cli(cls: type, doc: str, default_config: str, argv: list[str] | None = None) -> Any:
-    """`--config PATH` plus `--section.key=value` overrides; `--help` lists every option."""
+    """`--config PATH` plus `--section.key=value` overrides; `--help` lists every option and
+    `--print-config` prints the resolved config and exits (a check that a config loads)."""
     argv = sys.argv[1:] if argv is None else argv
+    if "--print-config" in argv:
+        cfg = parse_cli(cls, doc, default_config, [a for a in argv if a != "--print-config"])
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
     if "-h" in argv or "--help" in argv:
         print((doc or "").strip())
         print("\noptions (each also a key of the YAML file):")
         print("  --config PATH  the YAML file to read (default " + default_config + ")")
+        print("  --print-config  print the resolved config and exit")
         print("\n".join(config_help(cls)))
         raise SystemExit(0)
     config = REPO_ROOT / default_config
@@ -259,6 +265,48 @@ class CkptSection:
     num_attention_heads: int | None = opt(
         None, "heads, for an authors'-format checkpoint only (the paper: 8)"
     )
+
+
+@dataclass
+class StepsCkptSection:
+    """Several checkpoints, in order: steps of one run, or files."""
+
+    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
+    steps: list[int] = opt([], "checkpoint steps, in order; []: the last one in `run`")
+    paths: list[str] = opt([], "checkpoint files instead of run/steps (e.g. the authors' format)")
+    num_attention_heads: int | None = opt(
+        None, "heads, for authors'-format checkpoints only (the paper: 8)"
+    )
+
+    def sections(self) -> list[CkptSection]:
+        """One `ckpt` section per checkpoint, for model.load_from_section."""
+        heads = self.num_attention_heads
+        if self.paths:
+            return [CkptSection(path=p, num_attention_heads=heads) for p in self.paths]
+        steps = self.steps or [None]
+        return [CkptSection(run=self.run, step=s, num_attention_heads=heads) for s in steps]
+
+
+@dataclass
+class PrePostCkptSection:
+    """A checkpoint before the drop and one after it, from one run (or files)."""
+
+    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
+    pre_step: int = opt(4000, "the pre-drop checkpoint's step (the authors: 4000)")
+    post_step: int = opt(50000, "the post-drop checkpoint's step (the authors: 50000)")
+    pre_path: str | None = opt(None, "a pre-drop checkpoint file instead of run/pre_step")
+    post_path: str | None = opt(None, "a post-drop checkpoint file instead of run/post_step")
+    num_attention_heads: int | None = opt(
+        None, "heads, for authors'-format checkpoints only (the paper: 8)"
+    )
+
+    def sections(self) -> dict[str, CkptSection]:
+        """{"pre": section, "post": section}, for model.load_from_section."""
+        heads = self.num_attention_heads
+        return {
+            "pre": CkptSection(self.run, self.pre_step, self.pre_path, heads),
+            "post": CkptSection(self.run, self.post_step, self.post_path, heads),
+        }
 
 
 @dataclass
@@ -326,6 +374,9 @@ def choose_device(name: str = "auto") -> torch.device:
 
 # ----------------------------------------------------------------------------------------------
 # The masked MSE: one definition for training, logging and every analysis
+
+
+LOSSES = ("loss", "loss_obs", "loss_mask")  # the MSEs over all, observed and hidden entries
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tensor) -> dict:

@@ -1,0 +1,38 @@
+"""The README's table of commands cannot rot: each names a script and a config that load."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+COMMANDS = re.findall(r"^\| [^|]+ \| `python3 ([^`]+)` \|$", README, flags=re.M)
+
+
+def test_the_table_lists_every_script():
+    scripts = {c.split()[0] for c in COMMANDS}
+    expected = {p.name for p in ROOT.glob("*.py")} - {
+        "data.py",
+        "model.py",
+        "modeling_bert.py",
+        "utils.py",
+    }
+    assert expected | {"src/gpt/train.py"} == scripts
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_loads(command):
+    script, *args = command.split()
+    assert (ROOT / script).is_file()
+    check = ["--print-config"] if "--config" in args else ["--help"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args, *check],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
