@@ -39,25 +39,19 @@ from pathlib import Path
 import torch
 
 import utils
-from data import Batch, DataConfig, MatrixSampler, make_batch, structured_observed
-from model import MatrixBert, analysis_data_config, checkpoint_path, load_from_section
-from modeling_bert import act_name
-from utils import AnalysisData, CkptSection, UserError, opt
+from data import Batch, MatrixSampler, structured_observed
+from model import (
+    MatrixBert,
+    analysis_data_config,
+    batch_losses,
+    checkpoint_path,
+    load_from_section,
+)
+from modeling_bert import act_name, check_heads
+from utils import AnalysisData, StepsCkptSection, UserError, opt
 
 MASKS = ("none", "row", "col")
 SHARES = ("row", "col", "self", "observed", "hidden")
-
-
-@dataclass
-class StepsCkpt:
-    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
-    steps: list[int] = opt(
-        [4000, 14000, 16000, 20000], "checkpoint steps (the paper's Fig. 4); []: the last one"
-    )
-    path: str | None = opt(None, "one checkpoint file instead of run/steps (e.g. the authors')")
-    num_attention_heads: int | None = opt(
-        None, "heads, for an authors'-format checkpoint only (the paper: 8)"
-    )
 
 
 @dataclass
@@ -76,7 +70,7 @@ class Config:
     seed: int = opt(0, "seed for the sampled matrices (the same for every checkpoint)")
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
     out_dir: str = opt("results/att_maps", "output folder; relative paths from the repo root")
-    ckpt: StepsCkpt = field(default_factory=StepsCkpt)
+    ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     att_maps: AttMapsSection = field(default_factory=AttMapsSection)
 
@@ -140,42 +134,8 @@ def chance_shares(m: int, n: int, observed_fraction: float) -> dict[str, float]:
     }
 
 
-def check_head(pair: list[int], config, key: str) -> tuple[int, int] | None:
-    """A config's [layer, head] checked against the model; [] means none."""
-    if not pair:
-        return None
-    if len(pair) != 2:
-        raise UserError(f"'{key}' must be [layer, head] or [], got {pair}")
-    layer, head = pair
-    if not 0 <= layer < config.num_hidden_layers:
-        raise UserError(f"'{key}': layer {layer} outside 0..{config.num_hidden_layers - 1}")
-    if not 0 <= head < config.num_attention_heads:
-        raise UserError(f"'{key}': head {head} outside 0..{config.num_attention_heads - 1}")
-    return layer, head
-
-
 # ----------------------------------------------------------------------------------------------
 # Running a checkpoint
-
-
-def draw_batches(
-    sampler: MatrixSampler,
-    data_cfg: DataConfig,
-    observed: torch.Tensor | None,
-    section: AnalysisData,
-) -> list[Batch]:
-    """`section.num_samples` m×n matrices in batches; with `observed` [m, n], that mask for all."""
-    c = data_cfg
-    full, rest = divmod(section.num_samples, section.batch_size)
-    batches = []
-    for b in [section.batch_size] * full + ([rest] if rest else []):
-        if observed is None:
-            batches.append(sampler.sample(b, m=c.m, n=c.n))
-        else:
-            values = sampler.sample_values(b, c.m, c.n, c.rank)
-            vis = observed.to(values.device).expand(b, c.m, c.n)
-            batches.append(make_batch(values, vis, c))
-    return batches
 
 
 @torch.no_grad()
@@ -197,13 +157,11 @@ def mean_patterns(model: MatrixBert, batches: list[Batch], m: int, n: int) -> di
             for k, v in attention_shares(cache[name], batch.observed, m, n).items():
                 shares[k][i] += b * v.cpu()
         count += b
-    target = torch.cat([b.target for b in batches])
     observed = torch.cat([b.observed for b in batches])
-    losses = utils.to_floats(utils.masked_mse(torch.cat(preds), target, observed))
     return {
         "pattern": (total / count).cpu(),
         "shares": {k: v / count for k, v in shares.items()},
-        "losses": {k: utils.finite_or_none(v) for k, v in losses.items()},
+        "losses": batch_losses(preds, batches),
         "observed_fraction": observed.float().mean().item(),
     }
 
@@ -322,29 +280,28 @@ def print_shares(step: int, shares: dict, losses: dict) -> None:
 def main(cfg: Config) -> dict:
     device = utils.choose_device(cfg.device)
     section = cfg.att_maps
-    steps = [None] if cfg.ckpt.path or not cfg.ckpt.steps else cfg.ckpt.steps
-    load = CkptSection(
-        run=cfg.ckpt.run,
-        step=None,
-        path=cfg.ckpt.path,
-        num_attention_heads=cfg.ckpt.num_attention_heads,
-    )
-    for step in steps:  # every checkpoint exists before anything is written
-        checkpoint_path(load, step)
+    sections = cfg.ckpt.sections()
+    for one in sections:  # every checkpoint exists before anything is written
+        checkpoint_path(one)
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     summary: dict = {"mask": section.mask, "checkpoints": []}
     table = []
-    for step in steps:
-        model, ckpt = load_from_section(load, device, step)
-        row_head = check_head(section.row_head, model.config, "att_maps.row_head")
-        col_head = check_head(section.col_head, model.config, "att_maps.col_head")
+    for one in sections:
+        model, ckpt = load_from_section(one, device)
+        row_head, col_head = (
+            check_heads([pair], model.config, f"att_maps.{key}")[0] if pair else None
+            for key, pair in (("row_head", section.row_head), ("col_head", section.col_head))
+        )
         data_cfg = analysis_data_config(ckpt, cfg.data, model)
         m, n = data_cfg.m, data_cfg.n
         observed = mask_pattern(section, m, n)
         utils.seed_everything(cfg.seed)
         sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-        result = mean_patterns(model, draw_batches(sampler, data_cfg, observed, cfg.data), m, n)
-        step = int(ckpt.get("step", step or 0))
+        batches = sampler.sample_many(
+            cfg.data.num_samples, cfg.data.batch_size, m, n, observed=observed
+        )
+        result = mean_patterns(model, batches, m, n)
+        step = int(ckpt.get("step", one.step or 0))
         chance = chance_shares(m, n, result["observed_fraction"])
         claim = claim_numbers(result["shares"], chance, row_head, col_head)
         rows = head_rows(step, result["shares"])

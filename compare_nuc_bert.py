@@ -24,7 +24,7 @@ import torch
 import cvx_nuc_norm
 import utils
 from data import Batch, MatrixSampler
-from model import MatrixBert, analysis_data_config, load_from_section
+from model import MatrixBert, analysis_data_config, load_from_section, predict
 from utils import AnalysisData, CkptSection, UserError, opt
 
 P_MASKS = [round(0.10 + 0.05 * i, 2) for i in range(11)]
@@ -54,15 +54,6 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.data.p_mask is not None:
             raise UserError("'data.p_mask' must be null here: the p_mask grid is 'compare.p_masks'")
-
-
-@torch.no_grad()
-def predict(
-    model: MatrixBert, input_ids: torch.Tensor, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """The model's predictions [B, T] (float32, CPU), `batch_size` matrices per forward pass."""
-    chunks = input_ids.split(batch_size)
-    return torch.cat([model(ids.to(device)).float().cpu() for ids in chunks])
 
 
 def compare_batch(

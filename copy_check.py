@@ -23,33 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 import utils
-from compare_nuc_bert import predict
 from data import Batch, DataConfig, MatrixSampler, round_values, tokenize
-from model import analysis_data_config, check_fits, checkpoint_path, load_from_section
-from utils import AnalysisData, CkptSection, UserError, opt
-
-
-@dataclass
-class CopyCkptSection:
-    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
-    steps: list[int] = opt(
-        [1000, 4000, 10000, 14000, 50000], "checkpoint steps, in the order of the table"
-    )
-    paths: list[str] = opt([], "checkpoint files instead of run/steps (e.g. the authors' format)")
-    num_attention_heads: int | None = opt(
-        None, "heads, for authors'-format checkpoints only (the paper: 8)"
-    )
-
-    def __post_init__(self) -> None:
-        if not self.steps and not self.paths:
-            raise UserError("'ckpt.steps' (or 'ckpt.paths') must name at least one checkpoint")
-
-    def sections(self) -> list[CkptSection]:
-        """One shared `ckpt` section per checkpoint, for model.load_from_section."""
-        heads = self.num_attention_heads
-        if self.paths:
-            return [CkptSection(path=p, num_attention_heads=heads) for p in self.paths]
-        return [CkptSection(run=self.run, step=s, num_attention_heads=heads) for s in self.steps]
+from model import analysis_data_config, check_fits, checkpoint_path, load_from_section, predict
+from utils import LOSSES, AnalysisData, StepsCkptSection, opt
 
 
 @dataclass
@@ -64,7 +40,7 @@ class CopyCheckConfig:
     seed: int = opt(0, "seed of the sampled matrices")
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
     out_dir: str = opt("results/copy_check", "output folder (relative: the repo root)")
-    ckpt: CopyCkptSection = field(default_factory=CopyCkptSection)
+    ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     copy: CopySection = field(default_factory=CopySection)
 
@@ -104,7 +80,7 @@ def measure(pred: torch.Tensor, condition: Condition) -> dict:
     metrics = utils.to_floats(utils.masked_mse(pred, c.target, c.observed))
     hidden = pred[~c.observed].double()
     to_value = None if c.value is None else (hidden - c.value).square().mean().item()
-    losses = {k: utils.finite_or_none(metrics[k]) for k in ("loss", "loss_obs", "loss_mask")}
+    losses = {k: utils.finite_or_none(metrics[k]) for k in LOSSES}
     return {**losses, "mse_to_value": to_value}
 
 
@@ -137,7 +113,7 @@ def main(cfg: CopyCheckConfig) -> dict:
             check_fits(model.config, data_cfg.vocab_size, data_cfg.max_tokens)
         for row in check_model(model, conds, cfg.data.batch_size, device):
             rows.append({"step": ckpt.get("step"), **row})
-    columns = ["step", "input", "loss", "loss_obs", "loss_mask", "mse_to_value"]
+    columns = ["step", "input", *LOSSES, "mse_to_value"]
     table = utils.markdown_table(rows, columns)
     utils.atomic_write_text(out_dir / "table.md", table)
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}

@@ -287,11 +287,11 @@ def errors(
     there is nothing to average (no matrix kept, or no hidden entry)."""
     keep = torch.as_tensor(keep, dtype=torch.bool)
     if not bool(keep.any()):
-        return {"loss": None, "loss_obs": None, "loss_mask": None}
+        return dict.fromkeys(utils.LOSSES)
     shape = observed.shape
     pred, target = pred.reshape(shape)[keep], target.reshape(shape)[keep]
     metrics = utils.masked_mse(pred.double(), target.double(), observed[keep])
-    values = utils.to_floats({k: metrics[k] for k in ("loss", "loss_obs", "loss_mask")})
+    values = utils.to_floats({k: metrics[k] for k in utils.LOSSES})
     return {k: utils.finite_or_none(v) for k, v in values.items()}
 
 

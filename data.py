@@ -222,16 +222,36 @@ class MatrixSampler:
         n: int | None = None,
         rank: int | None = None,
         p_mask: float | None = None,
+        observed: torch.Tensor | None = None,
     ) -> Batch:
-        """A fresh batch; m, n, rank or p_mask may be overridden (out-of-distribution tests)."""
-        if m is None and n is None:
+        """A fresh batch; m, n, rank or p_mask may be overridden (out-of-distribution tests).
+
+        `observed` [m, n], if given, is the visibility of every matrix (a structured mask, see
+        `structured_observed`) instead of a random one: it fixes m and n, and p_mask is unused.
+        """
+        if observed is not None:
+            if p_mask is not None or (m, n) not in ((None, None), tuple(observed.shape)):
+                raise ValueError("a fixed `observed` sets m and n and replaces p_mask")
+            m, n = observed.shape
+        elif m is None and n is None:
             m, n = self.pick_size()
         m, n = m or self.cfg.m, n or self.cfg.n
         rank = self.cfg.rank if rank is None else rank
         p_mask = self.cfg.p_mask if p_mask is None else p_mask
         values = self.sample_values(batch_size, m, n, rank)
-        observed = self.sample_observed(batch_size, m, n, p_mask)
+        if observed is None:
+            observed = self.sample_observed(batch_size, m, n, p_mask)
+        else:
+            observed = observed.to(values.device).expand(batch_size, m, n)
         return make_batch(values, observed, self.cfg, check=self.needs_check(rank))
+
+    def sample_many(self, num_samples: int, batch_size: int, *args, **kwargs) -> list[Batch]:
+        """`num_samples` fresh matrices in batches of `batch_size` (the last one holds the rest):
+        what an analysis evaluates on. The other arguments are `sample`'s (m, n, rank, p_mask,
+        observed), the same for every batch."""
+        full, rest = divmod(num_samples, batch_size)
+        sizes = [batch_size] * full + ([rest] if rest else [])
+        return [self.sample(b, *args, **kwargs) for b in sizes]
 
     def sample_full_rank(self, batch_size: int, p_mask: float | None = None) -> Batch:
         """Matrices with i.i.d. Unif[min_val, max_val] entries (full rank): the copying test."""

@@ -38,9 +38,9 @@ import torch
 import data
 import utils
 from data import DataConfig, MatrixSampler
-from model import MatrixBert, analysis_data_config, load_from_section
+from model import MatrixBert, analysis_data_config, evaluate, load_from_section
 from train import checkpoints
-from utils import AnalysisData, CkptSection, UserError, opt
+from utils import LOSSES, AnalysisData, CkptSection, UserError, opt
 
 EXP_TYPES = (
     "token_norm",
@@ -245,23 +245,6 @@ def permuted_positions(model: MatrixBert, perm: torch.Tensor) -> Iterator[None]:
             weight.copy_(saved)
 
 
-@torch.no_grad()
-def eval_losses(model: MatrixBert, batches: list[data.Batch]) -> dict:
-    """utils.masked_mse over all the batches at once, as floats."""
-    pred = torch.cat([model(b.input_ids) for b in batches])
-    target = torch.cat([b.target for b in batches])
-    observed = torch.cat([b.observed for b in batches])
-    return utils.to_floats(utils.masked_mse(pred, target, observed))
-
-
-def draw_batches(cfg: DataConfig, section: AnalysisData, device, seed: int) -> list[data.Batch]:
-    """`section.num_samples` fresh m×n matrices in batches of at most `section.batch_size`."""
-    sampler = MatrixSampler(cfg, device, seed=seed)
-    full, rest = divmod(section.num_samples, section.batch_size)
-    sizes = [section.batch_size] * full + ([rest] if rest else [])
-    return [sampler.sample(b, cfg.m, cfg.n) for b in sizes]
-
-
 # ----------------------------------------------------------------------------------------------
 # Plots
 
@@ -335,6 +318,7 @@ def plot_panels(
 def plot_permute(before: dict, after: list[dict], out_dir: Path) -> None:
     plt = _pyplot()
     keys = [("loss", "L (all)"), ("loss_obs", "L_obs"), ("loss_mask", "L_mask")]
+    keys = [(k, label) for k, label in keys if before[k] is not None]  # None: no such entry
     with plt.rc_context(utils.plot_style()):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         x = np.arange(len(keys))
@@ -544,18 +528,20 @@ def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
 
 
 def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
-    batches = draw_batches(ctx.data_cfg, ctx.cfg.data, ctx.device, ctx.cfg.seed)
-    before = eval_losses(ctx.model, batches)
+    sampler = MatrixSampler(ctx.data_cfg, ctx.device, seed=ctx.cfg.seed)
+    section = ctx.cfg.data
+    batches = sampler.sample_many(section.num_samples, section.batch_size, ctx.m, ctx.n)
+    before = evaluate(ctx.model, batches)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
     t = ctx.m * ctx.n
     after = []
     for _ in range(ctx.cfg.embed.num_permutations):
         perm = torch.randperm(t, generator=gen)
         with permuted_positions(ctx.model, perm):
-            losses = eval_losses(ctx.model, batches)
+            losses = evaluate(ctx.model, batches)
         after.append({**losses, "moved_frac": float((perm != torch.arange(t)).float().mean())})
-    mean_after = {
-        k: float(np.mean([a[k] for a in after])) for k in ("loss", "loss_obs", "loss_mask")
+    mean_after = {  # None where there is nothing to average (no hidden entry: p_mask 0)
+        k: None if before[k] is None else float(np.mean([a[k] for a in after])) for k in LOSSES
     }
     summary = {
         "step": ctx.step,

@@ -3,7 +3,8 @@
 State dict: the encoder under `backbone.` (HF names, see modeling_bert.py), the read-out under
 `read_out.`. A checkpoint carries the encoder's config, so `load_checkpoint(path)` rebuilds the
 model from the file alone. Checkpoints written by the authors' code (`_backbone.` keys, `epoch`,
-`vocab_size`) load too; their head count is not in the file and must be passed in.
+`vocab_size`) load too; their head count is not in the file and must be passed in. Analyses run
+the model through `predict` (input ids in chunks) and `evaluate` (the masked MSE over batches).
 """
 
 from __future__ import annotations
@@ -14,9 +15,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data import DataConfig
-from modeling_bert import BertConfig, BertModel, HookedModule
-from utils import AnalysisData, CkptSection, UserError, read_checkpoint, resolve_path
+from data import Batch, DataConfig
+from modeling_bert import BertConfig, BertModel, HookedModule, HookFn
+from utils import (
+    AnalysisData,
+    CkptSection,
+    UserError,
+    finite_or_none,
+    masked_mse,
+    read_checkpoint,
+    resolve_path,
+    to_floats,
+)
 
 
 class MatrixBert(HookedModule):
@@ -48,6 +58,43 @@ def check_fits(config: BertConfig, vocab_size: int, max_tokens: int) -> None:
             f"matrices of {max_tokens} entries exceed the model's "
             f"{config.max_position_embeddings} position embeddings"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Predicting and evaluating: what every analysis runs the model through
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, input_ids: torch.Tensor, batch_size: int, device: str | torch.device
+) -> torch.Tensor:
+    """Predictions [B, T] (float32, on the CPU) of `model` (anything mapping input ids [B, T] to
+    predictions), `batch_size` matrices per forward pass on `device`."""
+    chunks = input_ids.split(batch_size)
+    return torch.cat([model(ids.to(device)).float().cpu() for ids in chunks])
+
+
+def batch_losses(preds: list[torch.Tensor], batches: list[Batch]) -> dict[str, float | None]:
+    """utils.masked_mse of predictions (one [B, T] tensor per batch) over all the batches at once,
+    so every entry weighs the same whatever the batch sizes; floats, None for an empty set."""
+
+    def flat(xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([x.flatten() for x in xs])
+
+    target, observed = flat([b.target for b in batches]), flat([b.observed for b in batches])
+    metrics = to_floats(masked_mse(flat(preds), target, observed))
+    return {k: finite_or_none(v) for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: MatrixBert, batches: list[Batch], hooks: list[tuple[str, HookFn]] = ()
+) -> dict[str, float | None]:
+    """utils.masked_mse over `batches` (`loss`, `loss_obs`, `loss_mask`, `mask_value`), one forward
+    pass per batch with `hooks` in place (a batch-mean ablation averages over one batch)."""
+    with model.hooks(list(hooks)):
+        preds = [model(b.input_ids) for b in batches]
+    return batch_losses(preds, batches)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -405,6 +405,37 @@ def patch_z_hooks(
     return [(act_name("z", layer), patch) for layer in layers]
 
 
+# Checking the layers, heads and positions a config names (0-based), before any hook uses them.
+
+
+def resolve_indices(values: list[int] | None, size: int, key: str) -> list[int] | None:
+    """Indices (layers, heads or positions) checked against `size`, negative ones counted from the
+    end; None (all) stays None. An error names the config `key`."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        if not -size <= v < size:
+            raise UserError(f"'{key}' has {v}, outside 0..{size - 1} (or -{size}..-1 from the end)")
+        out.append(v % size)
+    return out
+
+
+def check_heads(pairs: list[list[int]], config: BertConfig, key: str) -> list[tuple[int, int]]:
+    """[layer, head] pairs checked against the model; an error names the config `key`."""
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise UserError(f"'{key}': expected [layer, head], got {pair}")
+        layer, head = pair
+        if not 0 <= layer < config.num_hidden_layers:
+            raise UserError(f"'{key}': layer {layer} outside 0..{config.num_hidden_layers - 1}")
+        if not 0 <= head < config.num_attention_heads:
+            raise UserError(f"'{key}': head {head} outside 0..{config.num_attention_heads - 1}")
+        out.append((layer, head))
+    return out
+
+
 ABLATIONS = ("mean", "uniform", "zero")
 
 

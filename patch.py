@@ -3,14 +3,13 @@
     python3 patch.py --config configs/patch.yaml
     python3 patch.py --config configs/patch.yaml --patch.layers=null --patch.heads=[0,1]
 
-The authors' causal test (their src/patch.py). The clean input is X, the
-corrupted input −X with the same mask (`data.MatrixSampler.sample_with_corrupted`). The clean run
-caches every head's z (`hook_z`, its output before the attention output projection); the
-corrupted run is repeated with the clean z patched in at `patch.layers` × `patch.heads` ×
-`patch.positions` (null = all; negative layers count from the end; the authors: every head and
-position of the last layer, `layers: [-1]`) through `modeling_bert.patch_z_hooks`. Reported: the
-MSE of the patched output against X and against −X, at observed and at hidden entries, beside the
-clean and the corrupted runs.
+The authors' causal test (their src/patch.py). The clean input is X, the corrupted input −X with
+the same mask (`data.corrupt`). The clean run caches every head's z (`hook_z`, its output before
+the attention output projection); the corrupted run is repeated with the clean z patched in at
+`patch.layers` × `patch.heads` × `patch.positions` (null = all; negative layers count from the
+end; the authors: every head and position of the last layer, `layers: [-1]`) through
+`modeling_bert.patch_z_hooks`. Reported: the MSE of the patched output against X and against −X,
+at observed and at hidden entries, beside the clean and the corrupted runs.
 
 Beyond the authors, two sweeps, each scored by the share of the clean–corrupted gap that the
 patch restores at hidden entries (`patch.sweep_entries`; `observed` suits a model that only copies):
@@ -40,10 +39,10 @@ from pathlib import Path
 import torch
 
 import utils
-from data import Batch, MatrixSampler
+from data import Batch, MatrixSampler, corrupt
 from model import MatrixBert, analysis_data_config, load_from_section
-from modeling_bert import act_name, patch_hooks, patch_z_hooks
-from utils import AnalysisData, CkptSection, UserError, opt
+from modeling_bert import act_name, patch_hooks, patch_z_hooks, resolve_indices
+from utils import AnalysisData, CkptSection, opt
 
 SITES = ("resid_pre", "z")
 ENTRIES = ("hidden", "observed")
@@ -77,18 +76,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def resolve_indices(values: list[int] | None, size: int, key: str) -> list[int] | None:
-    """Indices checked against `size` (negative ones count from the end); None stays None."""
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        if not -size <= v < size:
-            raise UserError(f"'{key}' has {v}, outside 0..{size - 1} (or -{size}..-1 from the end)")
-        out.append(v % size)
-    return out
 
 
 def restored_fraction(l_corr: float, l_patched: float, l_clean: float) -> float | None:
@@ -194,11 +181,6 @@ def best_cell(grid: list[list[float | None]]) -> tuple[float, int, int] | None:
     return max(cells, default=None)
 
 
-def batch_sizes(num_samples: int, batch_size: int) -> list[int]:
-    full, rest = divmod(num_samples, batch_size)
-    return [batch_size] * full + ([rest] if rest else [])
-
-
 def plot_sweep(
     grid: list[list[float | None]],
     xlabel: str,
@@ -245,10 +227,8 @@ def main(cfg: Config) -> dict:
     chosen = chosen_patch(cfg.patch, model, m * n)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    pairs = [
-        sampler.sample_with_corrupted(b)
-        for b in batch_sizes(cfg.data.num_samples, cfg.data.batch_size)
-    ]
+    batches = sampler.sample_many(cfg.data.num_samples, cfg.data.batch_size, m, n)
+    pairs = [(clean, corrupt(clean, data_cfg)) for clean in batches]
     preds = patched_predictions(model, pairs, interventions_for(cfg.patch, chosen, model, m * n))
     target = torch.cat([clean.target for clean, _ in pairs])
     observed = torch.cat([clean.observed for clean, _ in pairs])

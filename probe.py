@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from data import Batch, DataConfig, MatrixSampler
+from data import Batch, MatrixSampler
 from model import MatrixBert, analysis_data_config, load_from_section
 from modeling_bert import act_name
 from utils import AnalysisData, CkptSection, UserError, opt
@@ -172,15 +172,6 @@ def run_probes(
 # ----------------------------------------------------------------------------------------------
 
 
-def draw_batches(
-    sampler: MatrixSampler, data_cfg: DataConfig, num_samples: int, batch_size: int
-) -> list[Batch]:
-    """`num_samples` fresh m×n matrices in batches of at most `batch_size`."""
-    full, rest = divmod(num_samples, batch_size)
-    sizes = [batch_size] * full + ([rest] if rest else [])
-    return [sampler.sample(b, m=data_cfg.m, n=data_cfg.n) for b in sizes]
-
-
 def plot_probes(results: dict[str, list[dict]], title: str, out_dir: Path) -> list[Path]:
     """One row per target: MSE over layers, and |cosine| (or observed / hidden MSE)."""
     import matplotlib
@@ -225,9 +216,9 @@ def main(cfg: Config) -> dict:
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    bs = cfg.data.batch_size
-    train = draw_batches(sampler, data_cfg, cfg.data.num_samples, bs)
-    test = draw_batches(sampler, data_cfg, cfg.probe.num_test, bs)
+    bs, m, n = cfg.data.batch_size, data_cfg.m, data_cfg.n
+    train = sampler.sample_many(cfg.data.num_samples, bs, m, n)
+    test = sampler.sample_many(cfg.probe.num_test, bs, m, n)
     results = run_probes(train, test, model, cfg.probe.targets, cfg.probe.bias)
     results = {
         k: [{c: utils.finite_or_none(v) for c, v in r.items()} for r in rows]

@@ -35,12 +35,10 @@ import copy
 import re
 from dataclasses import dataclass, field
 
-import torch
-
 import utils
-from data import Batch, DataConfig, MatrixSampler
-from model import MatrixBert, analysis_data_config, load_from_section
-from utils import AnalysisData, CkptSection, UserError, opt
+from data import MatrixSampler
+from model import MatrixBert, analysis_data_config, evaluate, load_from_section
+from utils import LOSSES, AnalysisData, PrePostCkptSection, UserError, opt
 
 GROUPS = {
     "att": r"attention\.self\.(query|key|value)\.",
@@ -55,19 +53,6 @@ GROUPS = {
     "all": r".",
 }
 DIRECTIONS = ("pre_to_post", "post_to_pre")
-LOSSES = ("loss", "loss_obs", "loss_mask")
-
-
-@dataclass
-class PrePostCkpt:
-    run: str = opt("runs/train", "training output folder holding step_NNNNNN.pt checkpoints")
-    pre_step: int = opt(4000, "the pre-drop checkpoint's step (the authors: 4000)")
-    post_step: int = opt(50000, "the post-drop checkpoint's step (the authors: 50000)")
-    pre_path: str | None = opt(None, "a pre-drop checkpoint file instead of run/pre_step")
-    post_path: str | None = opt(None, "a post-drop checkpoint file instead of run/post_step")
-    num_attention_heads: int | None = opt(
-        None, "heads, for authors'-format checkpoints only (the paper: 8)"
-    )
 
 
 @dataclass
@@ -89,7 +74,7 @@ class Config:
     seed: int = opt(0, "seed for the sampled matrices")
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
     out_dir: str = opt("results/switch_models", "output folder; relative paths from the repo root")
-    ckpt: PrePostCkpt = field(default_factory=PrePostCkpt)
+    ckpt: PrePostCkptSection = field(default_factory=PrePostCkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     switch: SwitchSection = field(default_factory=SwitchSection)
 
@@ -116,39 +101,12 @@ def build(model: MatrixBert, state: dict) -> MatrixBert:
     return out.eval()
 
 
-def load_pair(section: PrePostCkpt, device) -> dict[str, tuple[MatrixBert, dict]]:
+def load_pair(section: PrePostCkptSection, device) -> dict[str, tuple[MatrixBert, dict]]:
     """{"pre": (model, ckpt), "post": (model, ckpt)}, checked to have the same shapes."""
-    out = {}
-    for name, step, path in (
-        ("pre", section.pre_step, section.pre_path),
-        ("post", section.post_step, section.post_path),
-    ):
-        one = CkptSection(
-            run=section.run, path=path, num_attention_heads=section.num_attention_heads
-        )
-        out[name] = load_from_section(one, device, step)
+    out = {name: load_from_section(one, device) for name, one in section.sections().items()}
     if out["pre"][0].config != out["post"][0].config:
         raise UserError("the pre- and post-drop checkpoints have different model configs")
     return out
-
-
-def draw_batches(
-    sampler: MatrixSampler, data_cfg: DataConfig, num_samples: int, batch_size: int
-) -> list[Batch]:
-    """`num_samples` fresh m×n matrices in batches of at most `batch_size`."""
-    full, rest = divmod(num_samples, batch_size)
-    sizes = [batch_size] * full + ([rest] if rest else [])
-    return [sampler.sample(b, m=data_cfg.m, n=data_cfg.n) for b in sizes]
-
-
-@torch.no_grad()
-def evaluate(model: MatrixBert, batches: list[Batch]) -> dict:
-    """MSE over all, observed and hidden entries of `batches`."""
-    pred = torch.cat([model(b.input_ids) for b in batches])
-    target = torch.cat([b.target for b in batches])
-    observed = torch.cat([b.observed for b in batches])
-    losses = utils.to_floats(utils.masked_mse(pred, target, observed))
-    return {k: utils.finite_or_none(losses[k]) for k in LOSSES}
 
 
 def main(cfg: Config) -> dict:
@@ -159,7 +117,9 @@ def main(cfg: Config) -> dict:
     data_cfg = analysis_data_config(models["post"][1], cfg.data, models["post"][0])
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    batches = draw_batches(sampler, data_cfg, cfg.data.num_samples, cfg.data.batch_size)
+    batches = sampler.sample_many(
+        cfg.data.num_samples, cfg.data.batch_size, m=data_cfg.m, n=data_cfg.n
+    )
     names = list(models["post"][0].state_dict())
     rows = []
     for k in ("pre", "post"):

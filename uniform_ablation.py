@@ -26,15 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import utils
-from data import Batch, DataConfig, MatrixSampler
-from model import MatrixBert, analysis_data_config, load_from_section
-from modeling_bert import ABLATIONS, ablate_head_hooks
-from utils import AnalysisData, CkptSection, UserError, opt
-
-LOSSES = ("loss", "loss_obs", "loss_mask")
+from data import MatrixSampler
+from model import analysis_data_config, evaluate, load_from_section
+from modeling_bert import ABLATIONS, ablate_head_hooks, check_heads
+from utils import LOSSES, AnalysisData, CkptSection, opt
 
 
 @dataclass
@@ -57,41 +53,6 @@ class Config:
     ckpt: CkptSection = field(default_factory=CkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     ablation: AblationSection = field(default_factory=AblationSection)
-
-
-def check_heads(pairs: list[list[int]], config, key: str) -> list[tuple[int, int]]:
-    """[layer, head] pairs checked against the model."""
-    out = []
-    for pair in pairs:
-        if len(pair) != 2:
-            raise UserError(f"'{key}' entries must be [layer, head], got {pair}")
-        layer, head = pair
-        if not 0 <= layer < config.num_hidden_layers:
-            raise UserError(f"'{key}': layer {layer} outside 0..{config.num_hidden_layers - 1}")
-        if not 0 <= head < config.num_attention_heads:
-            raise UserError(f"'{key}': head {head} outside 0..{config.num_attention_heads - 1}")
-        out.append((layer, head))
-    return out
-
-
-def draw_batches(
-    sampler: MatrixSampler, data_cfg: DataConfig, num_samples: int, batch_size: int
-) -> list[Batch]:
-    """`num_samples` fresh m×n matrices in batches of at most `batch_size`."""
-    full, rest = divmod(num_samples, batch_size)
-    sizes = [batch_size] * full + ([rest] if rest else [])
-    return [sampler.sample(b, m=data_cfg.m, n=data_cfg.n) for b in sizes]
-
-
-@torch.no_grad()
-def evaluate(model: MatrixBert, batches: list[Batch], hooks: list = ()) -> dict:
-    """MSE over all, observed and hidden entries of `batches`, with `hooks` in place."""
-    with model.hooks(list(hooks)):
-        pred = torch.cat([model(b.input_ids) for b in batches])
-    target = torch.cat([b.target for b in batches])
-    observed = torch.cat([b.observed for b in batches])
-    losses = utils.to_floats(utils.masked_mse(pred, target, observed))
-    return {k: utils.finite_or_none(losses[k]) for k in LOSSES}
 
 
 def plot_sweep(grid: dict, baseline: dict, method: str, title: str, out_dir: Path) -> list[Path]:
@@ -132,7 +93,9 @@ def main(cfg: Config) -> dict:
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    batches = draw_batches(sampler, data_cfg, cfg.data.num_samples, cfg.data.batch_size)
+    batches = sampler.sample_many(
+        cfg.data.num_samples, cfg.data.batch_size, m=data_cfg.m, n=data_cfg.n
+    )
     method = cfg.ablation.method
     baseline = evaluate(model, batches)
     ablated = evaluate(model, batches, ablate_head_hooks(heads, method))

@@ -101,6 +101,38 @@ def test_corrupted_copy_and_full_rank():
     assert (ranks == 7).float().mean() > 0.9
 
 
+def test_sample_many_splits_into_batches_like_sample():
+    cfg = DataConfig(m=4, n=5, rank=1)
+    batches = MatrixSampler(cfg, seed=1).sample_many(10, 4)
+    assert [tuple(b.input_ids.shape) for b in batches] == [(4, 20), (4, 20), (2, 20)]
+    one_by_one = MatrixSampler(cfg, seed=1)
+    for b, size in zip(batches, (4, 4, 2)):
+        expected = one_by_one.sample(size)
+        assert torch.equal(b.input_ids, expected.input_ids)
+        assert torch.equal(b.target, expected.target)
+    again = MatrixSampler(cfg, seed=1).sample_many(10, 4)
+    assert all(torch.equal(a.target, b.target) for a, b in zip(batches, again))
+    assert [b.input_ids.shape[0] for b in MatrixSampler(cfg).sample_many(8, 4)] == [4, 4]
+    wide = MatrixSampler(cfg).sample_many(3, 8, m=3, n=6, rank=2, p_mask=0.0)
+    assert [tuple(b.input_ids.shape) for b in wide] == [(3, 18)] and wide[0].observed.all()
+
+
+def test_sample_many_with_a_fixed_observed_pattern():
+    cfg = DataConfig(m=4, n=5, rank=1)
+    observed = data.structured_observed(4, 5, hidden_rows=[1], keep=[(1, 3)])
+    fixed = MatrixSampler(cfg, seed=1).sample_many(6, 4, observed=observed)
+    assert [b.input_ids.shape[0] for b in fixed] == [4, 2]
+    for b in fixed:
+        assert (b.observed == observed.flatten()).all()
+        assert torch.equal(b.input_ids == 0, ~b.observed)
+    # the values are drawn as for a random mask: the first batch's matrices are the same
+    assert torch.equal(fixed[0].target, MatrixSampler(cfg, seed=1).sample(4).target)
+    with pytest.raises(ValueError, match="fixed `observed`"):
+        MatrixSampler(cfg).sample_many(4, 4, p_mask=0.5, observed=observed)
+    with pytest.raises(ValueError, match="fixed `observed`"):
+        MatrixSampler(cfg).sample_many(4, 4, m=5, n=4, observed=observed)
+
+
 def test_structured_mask():
     obs = data.structured_observed(3, 3, hidden_rows=[0], keep=[(0, 2)])
     assert obs.tolist() == [[False, False, True], [True, True, True], [True, True, True]]

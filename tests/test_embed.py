@@ -9,7 +9,7 @@ from conftest import ROOT
 import data
 import embed
 import utils
-from model import load_checkpoint
+from model import evaluate, load_checkpoint
 from utils import UserError
 
 FILES = {
@@ -111,13 +111,12 @@ def test_permutation_is_undone_and_identity_changes_nothing(tiny_run):
     run, _ = tiny_run
     model, ckpt = load_checkpoint(run / "step_000020.pt")
     cfg = data.DataConfig(**ckpt["config"]["data"])
-    batches = embed.draw_batches(cfg, utils.AnalysisData(num_samples=40, batch_size=16), "cpu", 0)
-    assert [b.input_ids.shape[0] for b in batches] == [16, 16, 8]
+    batches = data.MatrixSampler(cfg, seed=0).sample_many(40, 16)
     weight = model.backbone.embeddings.position_embeddings.weight
     saved = weight.detach().clone()
-    before = embed.eval_losses(model, batches)
+    before = evaluate(model, batches)
     with embed.permuted_positions(model, torch.arange(16)):
-        assert embed.eval_losses(model, batches) == before
+        assert evaluate(model, batches) == before
     perm = torch.arange(16).roll(1)
     with embed.permuted_positions(model, perm):
         assert torch.equal(weight[:16], saved[perm]) and torch.equal(weight[16:], saved[16:])

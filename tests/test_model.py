@@ -1,9 +1,19 @@
 import pytest
 import torch
 
-from model import MatrixBert, load_checkpoint
-from modeling_bert import BertConfig
-from utils import UserError
+import utils
+from data import DataConfig, MatrixSampler
+from model import MatrixBert, batch_losses, evaluate, load_checkpoint, predict
+from modeling_bert import BertConfig, ablate_head_hooks
+from utils import CkptSection, PrePostCkptSection, StepsCkptSection, UserError
+
+
+def _small_model(**overrides):
+    """A one-layer MatrixBert, seeded, that takes the default data's tokens."""
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 8}
+    config = {"vocab_size": 2002, "num_hidden_layers": 1, "max_position_embeddings": 64}
+    return MatrixBert(BertConfig(**{**sizes, **config, **overrides})).eval()
 
 
 def _authors_checkpoint(tmp_path, heads=4):
@@ -59,15 +69,7 @@ def test_authors_format_needs_the_head_count(tmp_path):
 
 
 def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
-    model = MatrixBert(
-        BertConfig(
-            vocab_size=10,
-            hidden_size=16,
-            num_attention_heads=2,
-            intermediate_size=8,
-            num_hidden_layers=1,
-        )
-    )
+    model = _small_model(vocab_size=10)
     cfg = model.config.to_dict()
     cfg["hidden_size"] = 32
     path = tmp_path / "x.pt"
@@ -77,16 +79,7 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
 
 
 def test_inputs_longer_than_the_position_table_are_refused():
-    model = MatrixBert(
-        BertConfig(
-            vocab_size=10,
-            hidden_size=16,
-            num_attention_heads=2,
-            intermediate_size=8,
-            num_hidden_layers=1,
-            max_position_embeddings=8,
-        )
-    )
+    model = _small_model(vocab_size=10, max_position_embeddings=8)
     with pytest.raises(UserError, match="position embeddings"):
         model(torch.zeros(1, 9, dtype=torch.long))
 
@@ -114,3 +107,55 @@ def test_analysis_data_defaults_to_the_checkpoint(tiny_run):
     assert (cfg.p_mask, cfg.rank) == (0.5, 2)
     with pytest.raises(UserError, match="position embeddings"):
         analysis_data_config(ckpt, AnalysisData(m=9, n=9), model)
+
+
+def test_evaluate_is_masked_mse_over_every_entry_of_every_batch():
+    model = _small_model()
+    sampler = MatrixSampler(DataConfig(m=4, n=4, rank=1), seed=0)
+    batches = sampler.sample_many(11, 4)  # 4 + 4 + 3: a plain mean of batch means would be off
+    ids = torch.cat([b.input_ids for b in batches])
+    with torch.no_grad():
+        pred = model(ids)
+    target = torch.cat([b.target for b in batches])
+    observed = torch.cat([b.observed for b in batches])
+    expected = utils.to_floats(utils.masked_mse(pred, target, observed))
+    got = evaluate(model, batches)
+    assert set(got) == set(expected) >= set(utils.LOSSES)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert evaluate(model, batches, ablate_head_hooks([(0, 1)], "zero")) != pytest.approx(got)
+    assert evaluate(model, batches) == got  # the hooks were removed
+    # matrices of different sizes count entry by entry too
+    mixed = batches[:1] + MatrixSampler(DataConfig(m=5, n=5, rank=1), seed=1).sample_many(2, 2)
+    preds = [predict(model, b.input_ids, 3, "cpu") for b in mixed]
+    flat = [torch.cat([x.flatten() for x in xs]) for xs in (preds, [b.target for b in mixed])]
+    obs = torch.cat([b.observed.flatten() for b in mixed])
+    expected = utils.to_floats(utils.masked_mse(flat[0], flat[1], obs))
+    assert evaluate(model, mixed) == pytest.approx(expected, rel=1e-6)
+    assert batch_losses(preds, mixed) == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluate_gives_none_where_there_is_nothing_to_average():
+    model = _small_model()
+    batches = MatrixSampler(DataConfig(m=4, n=4, rank=1, p_mask=0.0), seed=0).sample_many(4, 4)
+    losses = evaluate(model, batches)
+    assert losses["loss_mask"] is None and losses["loss"] == pytest.approx(losses["loss_obs"])
+
+
+def test_predict_in_chunks_equals_one_pass():
+    model = _small_model()
+    ids = MatrixSampler(DataConfig(m=4, n=4, rank=1), seed=0).sample(10).input_ids
+    with torch.no_grad():
+        whole = model(ids)
+    chunked = predict(model, ids, 3, "cpu")
+    assert chunked.shape == (10, 16) and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_sections_for_several_checkpoints():
+    many = StepsCkptSection(run="r", steps=[10, 20], num_attention_heads=4).sections()
+    assert many == [CkptSection("r", 10, None, 4), CkptSection("r", 20, None, 4)]
+    assert StepsCkptSection(run="r").sections() == [CkptSection("r", None, None, None)]
+    files = StepsCkptSection(steps=[10], paths=["a.pt", "b.pt"]).sections()
+    assert [(s.path, s.step) for s in files] == [("a.pt", None), ("b.pt", None)]
+    pair = PrePostCkptSection(run="r", pre_step=10, post_step=20, post_path="p.pt").sections()
+    assert pair == {"pre": CkptSection("r", 10, None, None), "post": CkptSection("r", 20, "p.pt")}

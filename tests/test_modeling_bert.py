@@ -9,9 +9,12 @@ from modeling_bert import (
     ablate_head_hooks,
     act_name,
     caching_hooks,
+    check_heads,
     patch_hooks,
     patch_z_hooks,
+    resolve_indices,
 )
+from utils import UserError
 
 CFG = BertConfig(
     vocab_size=50,
@@ -255,3 +258,21 @@ def test_caching_hooks_store_detached_copies():
     with model.hooks(caching_hooks(cache, [act_name("embed")])):
         model(_ids())
     assert not cache["hook_embed"].requires_grad
+
+
+def test_index_checks_name_the_config_key():
+    assert check_heads([[2, 3], [0, 0]], CFG, "x.heads") == [(2, 3), (0, 0)]
+    assert check_heads([], CFG, "x.heads") == []
+    for pairs, match in (
+        ([[3, 0]], r"'x.heads': layer 3 outside 0..2"),
+        ([[0, 4]], r"'x.heads': head 4 outside 0..3"),
+        ([[-1, 0]], r"'x.heads': layer -1"),  # no counting from the end for pairs
+        ([[0]], r"'x.heads': expected \[layer, head\], got \[0\]"),
+    ):
+        with pytest.raises(UserError, match=match):
+            check_heads(pairs, CFG, "x.heads")
+    assert resolve_indices([-1, 0, 2, -3], 3, "x.layers") == [2, 0, 2, 0]
+    assert resolve_indices(None, 3, "x.layers") is None
+    for bad in (3, -4):
+        with pytest.raises(UserError, match=f"'x.layers' has {bad}, outside 0..2"):
+            resolve_indices([bad], 3, "x.layers")

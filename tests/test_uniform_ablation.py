@@ -8,7 +8,7 @@ from conftest import ROOT
 import uniform_ablation
 import utils
 from data import DataConfig, MatrixSampler
-from model import load_checkpoint
+from model import evaluate, load_checkpoint
 from modeling_bert import ablate_head_hooks
 from utils import UserError
 
@@ -60,9 +60,9 @@ def test_mean_over_a_batch_of_one_is_no_ablation(tiny_run):
     sampler = MatrixSampler(DataConfig(m=4, n=4, rank=1), seed=0)
     batches = [sampler.sample(1) for _ in range(4)]
     heads = [(0, 1), (1, 2)]
-    base = uniform_ablation.evaluate(model, batches)
-    mean = uniform_ablation.evaluate(model, batches, ablate_head_hooks(heads, "mean"))
-    zero = uniform_ablation.evaluate(model, batches, ablate_head_hooks(heads, "zero"))
+    base = evaluate(model, batches)
+    mean = evaluate(model, batches, ablate_head_hooks(heads, "mean"))
+    zero = evaluate(model, batches, ablate_head_hooks(heads, "zero"))
     assert mean == pytest.approx(base, rel=1e-5)
     assert zero != pytest.approx(base, rel=1e-5)
     with torch.no_grad():
