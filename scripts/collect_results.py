@@ -1,0 +1,36 @@
+"""Gather every summary.json under a reproduce.sh output folder into one results.json.
+
+    python3 scripts/collect_results.py results/reproduce
+
+Keys are the folders relative to the output folder (`train`, `copy_check`, `embed/token_norm`,
+...); values are their summary.json contents. Prints one line per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+
+
+def collect(out: Path) -> dict:
+    results = {}
+    for path in sorted(out.rglob("summary.json")):
+        key = path.parent.relative_to(out).as_posix()
+        results[key] = json.loads(path.read_text())
+    if not results:
+        raise utils.UserError(f"no summary.json under {out}")
+    utils.write_json(out / "results.json", results)
+    return results
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    for key in collect(out):
+        print(f"  {key}")
+    print(f"written to {out / 'results.json'}")

@@ -1,0 +1,67 @@
+"""reproduce.sh --tiny: the whole pipeline (training, then every analysis) on the CPU demo."""
+
+import json
+import math
+import subprocess
+
+from conftest import ROOT
+
+STAGES = {
+    "train",
+    "copy_check",
+    "compare_nuc_bert",
+    "ood",
+    "att_maps",
+    "att_maps_row",
+    "patch",
+    "uniform_ablation",
+    "probe",
+    "switch_models",
+    "embed/token_norm",
+    "embed/token_pca",
+    "embed/pos_norm",
+    "embed/pos_tsne",
+    "embed/permute",
+    "embed/token_progress",
+    "embed/pos_progress",
+}
+
+
+def _numbers(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _numbers(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _numbers(v)
+    elif isinstance(x, float):
+        yield x
+
+
+def test_reproduce_tiny_runs_every_stage(tmp_path):
+    out = tmp_path / "rep"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "reproduce.sh"), "--tiny", "--steps", "40", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert STAGES <= set(results)
+    assert results["train"]["final_step"] == 40
+    assert all(math.isfinite(v) for v in _numbers(results))
+    for figure in (
+        "att_maps/att_maps_step000040.png",
+        "compare_nuc_bert/compare_nuc_bert.pdf",
+        "train/loss.png",
+        "probe/probe.png",
+    ):
+        assert (out / figure).is_file(), figure
+
+
+def test_reproduce_rejects_unknown_options():
+    proc = subprocess.run(
+        ["bash", str(ROOT / "reproduce.sh"), "--bogus"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown option '--bogus'" in proc.stderr
