@@ -107,13 +107,14 @@ HOOK_KINDS = {
 }
 
 
-def act_name(kind: str, layer: int | None = None) -> str:
-    """The hook point name for `kind` (a key of HOOK_KINDS) at 0-based `layer`."""
-    if kind not in HOOK_KINDS:
-        raise ValueError(f"unknown hook kind '{kind}' (valid: {', '.join(HOOK_KINDS)})")
+def act_name(kind: str, layer: int | None = None, kinds: dict[str, str] = HOOK_KINDS) -> str:
+    """The hook point name for `kind` (a key of `kinds`, this model's HOOK_KINDS by default) at
+    0-based `layer`."""
+    if kind not in kinds:
+        raise ValueError(f"unknown hook kind '{kind}' (valid: {', '.join(kinds)})")
     if kind != "embed" and layer is None:
         raise ValueError(f"hook kind '{kind}' needs a layer")
-    return HOOK_KINDS[kind].format(i=layer)
+    return kinds[kind].format(i=layer)
 
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]

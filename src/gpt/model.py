@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling_bert import HookedModule, HookPoint
+from modeling_bert import act_name as bert_act_name
 from utils import UserError, opt, read_checkpoint
 
 ATTENTIONS = ("softmax", "linear")
@@ -99,11 +100,7 @@ HOOK_KINDS = {
 
 def act_name(kind: str, layer: int | None = None) -> str:
     """The hook point name for `kind` (a key of HOOK_KINDS) at 0-based `layer`."""
-    if kind not in HOOK_KINDS:
-        raise ValueError(f"unknown hook kind '{kind}' (valid: {', '.join(HOOK_KINDS)})")
-    if kind != "embed" and layer is None:
-        raise ValueError(f"hook kind '{kind}' needs a layer")
-    return HOOK_KINDS[kind].format(i=layer)
+    return bert_act_name(kind, layer, HOOK_KINDS)
 
 
 class KVCache:
