@@ -13,10 +13,12 @@
 #                       in --tiny mode, at the paper's steps otherwise
 #   --with-train-embed  also train each component alone from the final checkpoint (long)
 #   --with-gpt          also train the GPT variant (src/configs/gpt.yaml; gpt_cpu.yaml with --tiny)
+#   --train-only        stop after training; --skip-train: analyse the run already in OUT/train
+#                       (to split the work over two calls of a time-limited machine)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-tiny=0 out="" steps="" train_embed=0 gpt=0
+tiny=0 out="" steps="" train_embed=0 gpt=0 train=1 analyse=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --tiny) tiny=1 ;;
@@ -24,7 +26,9 @@ while [[ $# -gt 0 ]]; do
     --steps) steps=$2; shift ;;
     --with-train-embed) train_embed=1 ;;
     --with-gpt) gpt=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --train-only) analyse=0 ;;
+    --skip-train) train=0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "error: unknown option '$1' (see bash reproduce.sh --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,9 +60,12 @@ mkdir -p "$out"
 start=$(date +%s)
 stage() { echo; echo "== $1 ($(( $(date +%s) - start )) s)"; }
 
-stage "train ($config, $steps steps, checkpoints at $ckpts)"
-python3 train.py --config "$config" --train.out_dir="$run" --train.steps="$steps" \
-  --train.save_steps="[$ckpts]"
+if (( train )); then
+  stage "train ($config, $steps steps, checkpoints at $ckpts)"
+  python3 train.py --config "$config" --train.out_dir="$run" --train.steps="$steps" \
+    --train.save_steps="[$ckpts]"
+fi
+(( analyse )) || exit 0
 
 ck=(--ckpt.run="$run")
 stage "copy check (Table 1)"
