@@ -105,7 +105,7 @@ def time_baseline(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
         attn_implementation="eager",
     )
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")  # fp32 matmuls, as the authors ran
     backbone = transformers.BertModel(hf_cfg, add_pooling_layer=False).to(device)
     read_out = torch.nn.Linear(m.hidden_size, 1).to(device)
     params = list(backbone.parameters()) + list(read_out.parameters())

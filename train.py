@@ -160,7 +160,7 @@ class Trainer:
         """What the progress bar shows after a logging step."""
         return {"loss": f"{record['loss']:.4g}", "L_mask": f"{record['loss_mask']:.4g}"}
 
-    def summarize(self, records: list[dict], wall_time: float) -> dict:
+    def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
         return summarize(records, wall_time, self.cfg, str(self.device))
 
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
@@ -353,7 +353,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
             if saving:
                 utils.save_checkpoint(out_dir / f"step_{step:06d}.pt", trainer.state_dict())
     bar.close()
-    summary = trainer.summarize(records, elapsed0 + time.perf_counter() - start)
+    summary = trainer.summarize(records, elapsed0 + time.perf_counter() - start, out_dir)
     utils.write_json(out_dir / "summary.json", summary)
     if records:
         trainer.plot(records, out_dir, summary)

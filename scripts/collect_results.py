@@ -30,7 +30,12 @@ def collect(out: Path) -> dict:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python3 scripts/collect_results.py OUT_DIR")
     out = Path(sys.argv[1])
-    for key in collect(out):
-        print(f"  {key}")
+    try:
+        keys = collect(out)
+    except utils.UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    print("\n".join(f"  {key}" for key in keys))
     print(f"written to {out / 'results.json'}")

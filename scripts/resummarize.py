@@ -34,7 +34,14 @@ def resummarize(run_dir: Path) -> dict:
     return summary
 
 
-if __name__ == "__main__":
-    for arg in sys.argv[1:]:
+def main(args: list[str]) -> None:
+    for arg in args:
         s = resummarize(Path(arg))
         print(f"{arg}: plateau {s['plateau_loss']}, drop {s['drop_step']}..{s['drop_end_step']}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except utils.UserError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -65,3 +65,14 @@ def test_reproduce_rejects_unknown_options():
         ["bash", str(ROOT / "reproduce.sh"), "--bogus"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "unknown option '--bogus'" in proc.stderr
+
+
+def test_collect_results_on_an_empty_folder_is_one_line(tmp_path):
+    proc = subprocess.run(
+        ["python3", str(ROOT / "scripts/collect_results.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        proc.returncode != 0 and proc.stderr.strip() == f"error: no summary.json under {tmp_path}"
+    )

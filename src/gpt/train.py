@@ -138,7 +138,6 @@ class GPTTrainer(bert_train.Trainer):
     def __init__(self, cfg: GPTTrainConfig):
         utils.seed_everything(cfg.train.seed)  # the initialisation, as Trainer seeds before its own
         super().__init__(cfg, model=GPT(cfg.model))
-        self.out_dir = utils.resolve_path(cfg.train.out_dir)
         # Hidden entries were never checked against the vocabulary; the full matrix must be.
         self.check_values = self.sampler.needs_check(cfg.data.rank)
         self.value_ids = value_id_range(cfg.data)
@@ -175,8 +174,8 @@ class GPTTrainer(bert_train.Trainer):
     def progress(self, record: dict) -> dict:
         return {"loss_obs": f"{record['loss_obs']:.3g}", "acc_obs": f"{record['acc_obs']:.3g}"}
 
-    def summarize(self, records: list[dict], wall_time: float) -> dict:
-        attn = bert_train.read_metrics(self.out_dir / "attention.jsonl")
+    def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
+        attn = bert_train.read_metrics(out_dir / "attention.jsonl")
         return summarize(records, attn, wall_time, self.cfg, str(self.device))
 
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
