@@ -281,11 +281,9 @@ def main(cfg: Config) -> dict:
     device = utils.choose_device(cfg.device)
     section = cfg.att_maps
     sections = cfg.ckpt.sections()
-    for one in sections:  # every checkpoint exists before anything is written
+    for one in sections:  # every checkpoint exists before anything is loaded
         checkpoint_path(one)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
-    summary: dict = {"mask": section.mask, "checkpoints": []}
-    table = []
+    loaded = []  # every checkpoint loaded and checked against the config before anything is written
     for one in sections:
         model, ckpt = load_from_section(one, device)
         row_head, col_head = (
@@ -293,6 +291,11 @@ def main(cfg: Config) -> dict:
             for key, pair in (("row_head", section.row_head), ("col_head", section.col_head))
         )
         data_cfg = analysis_data_config(ckpt, cfg.data, model)
+        loaded.append((one, model, ckpt, data_cfg, row_head, col_head))
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    summary: dict = {"mask": section.mask, "checkpoints": []}
+    table = []
+    for one, model, ckpt, data_cfg, row_head, col_head in loaded:
         m, n = data_cfg.m, data_cfg.n
         observed = mask_pattern(section, m, n)
         utils.seed_everything(cfg.seed)

@@ -220,11 +220,11 @@ def plot_sweep(
 def main(cfg: Config) -> dict:
     device = utils.choose_device(cfg.device)
     model, ckpt = load_from_section(cfg.ckpt, device)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
     data_cfg.sizes = []  # one size: the sweeps index the positions of an m×n matrix
     m, n = data_cfg.m, data_cfg.n
     chosen = chosen_patch(cfg.patch, model, m * n)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
     batches = sampler.sample_many(cfg.data.num_samples, cfg.data.batch_size, m, n)

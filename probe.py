@@ -212,8 +212,8 @@ def plot_probes(results: dict[str, list[dict]], title: str, out_dir: Path) -> li
 def main(cfg: Config) -> dict:
     device = utils.choose_device(cfg.device)
     model, ckpt = load_from_section(cfg.ckpt, device)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
     bs, m, n = cfg.data.batch_size, data_cfg.m, data_cfg.n

@@ -112,15 +112,18 @@ def load_pair(section: PrePostCkptSection, device) -> dict[str, tuple[MatrixBert
 def main(cfg: Config) -> dict:
     device = utils.choose_device(cfg.device)
     models = load_pair(cfg.ckpt, device)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     steps = {k: ckpt.get("step") for k, (_, ckpt) in models.items()}
     data_cfg = analysis_data_config(models["post"][1], cfg.data, models["post"][0])
+    names = list(models["post"][0].state_dict())
+    for group in cfg.switch.groups:
+        if not group_keys(names, [group]):
+            raise UserError(f"group '{group}' matches no parameter of this model")
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
     batches = sampler.sample_many(
         cfg.data.num_samples, cfg.data.batch_size, m=data_cfg.m, n=data_cfg.n
     )
-    names = list(models["post"][0].state_dict())
     rows = []
     for k in ("pre", "post"):
         row = {"model": f"{k} (step {steps[k]})", "base": k, "group": None, "from": None}
@@ -129,8 +132,6 @@ def main(cfg: Config) -> dict:
         src, base = direction.split("_to_")
         for group in cfg.switch.groups:
             keys = group_keys(names, [group])
-            if not keys:
-                raise UserError(f"group '{group}' matches no parameter of this model")
             state = switched_state(models[base][0].state_dict(), models[src][0].state_dict(), keys)
             params = sum(models[base][0].state_dict()[k].numel() for k in keys)
             row = {"model": f"{base} with {group} from {src}", "base": base, "group": group}

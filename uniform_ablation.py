@@ -88,9 +88,9 @@ def plot_sweep(grid: dict, baseline: dict, method: str, title: str, out_dir: Pat
 def main(cfg: Config) -> dict:
     device = utils.choose_device(cfg.device)
     model, ckpt = load_from_section(cfg.ckpt, device)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     heads = check_heads(cfg.ablation.heads, model.config, "ablation.heads")
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
     batches = sampler.sample_many(
