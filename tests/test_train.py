@@ -222,5 +222,20 @@ def test_drop_detector_on_the_recorded_paper_run():
     assert utils.detect_drop(*zip(*plateau_only))["drop_step"] is None
 
 
+@pytest.mark.parametrize(
+    "run, drop_step", [("base_s1", 11_400), ("base_s0", None), ("batch32_s0", None)]
+)
+def test_drop_detector_on_recorded_cpu_demo_runs(run, drop_step):
+    """configs/train_tiny.yaml on 2 CPU cores (docs/results/tiny_cpu_search): the noisier CPU-demo
+    curves (one batch's loss every 50 or 100 steps); seed 1 drops, the others stay flat."""
+    path = ROOT / "docs/results/tiny_cpu_search/runs" / run / "metrics.jsonl"
+    records = train.read_metrics(path)
+    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    assert drop["drop_step"] == drop_step
+    if drop_step:
+        assert abs(drop["plateau_loss"] - 0.033) < 0.002  # p_mask · E[X²] = 0.3 / 9
+        assert drop["drop_step"] < drop["drop_end_step"] < 14_500
+
+
 def test_float_options_accept_exponent_notation(tmp_path):
     assert tiny_config(tmp_path, "train.lr=2e-3").train.lr == 0.002
