@@ -186,14 +186,16 @@ def plot_probes(results: dict[str, list[dict]], title: str, out_dir: Path) -> li
             labels = ["emb"] + [str(i) for i in layers[1:]]
             for key, label in (("train_mse", "train"), ("test_mse", "test")):
                 left.plot(layers, [r[key] for r in rows], "o-", label=label)
-            left.set(title=f"{kind}: MSE", ylabel="MSE")
+            # log scale: a probe on the embeddings can be off by orders of magnitude on the test
+            # set (values rare in the train set have barely trained token embeddings)
+            left.set(title=f"{kind}: MSE", ylabel="MSE", yscale="log")
             if kind == "element":
                 for key, label in (
                     ("test_mse_observed", "observed"),
                     ("test_mse_hidden", "hidden"),
                 ):
                     right.plot(layers, [r[key] for r in rows], "o-", label=f"test, {label}")
-                right.set(title="element: test MSE by position", ylabel="MSE")
+                right.set(title="element: test MSE by position", ylabel="MSE", yscale="log")
             else:
                 for key, label in (("train_cos", "train"), ("test_cos", "test")):
                     right.plot(layers, [r[key] for r in rows], "o-", label=label)
