@@ -340,8 +340,7 @@ def main(cfg: Config) -> dict:
         "(the paper's layer 2 head 1 is layer 1 head 0). `chance`: uniform attention.\n\n"
         + utils.markdown_table(table + chance_rows, ["step", "layer", "head", *SHARES])
     )
-    utils.atomic_write_text(out_dir / "heads.md", text)
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"heads.md": text})
     print(f"outputs in {out_dir}")
     return summary
 

@@ -147,8 +147,7 @@ def main(cfg: CompareConfig) -> dict:
     columns = ["p_mask", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
     columns += ["bert_loss_mask", "nuc_loss_mask", "bert_norm", "nuc_norm", "true_norm", "unsolved"]
     table = utils.markdown_table(rows, columns)
-    utils.atomic_write_text(out_dir / "table.md", table)
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"table.md": table})
     print(title)
     print(table, end="")
     print(

@@ -115,9 +115,8 @@ def main(cfg: CopyCheckConfig) -> dict:
             rows.append({"step": ckpt.get("step"), **row})
     columns = ["step", "input", *LOSSES, "mse_to_value"]
     table = utils.markdown_table(rows, columns)
-    utils.atomic_write_text(out_dir / "table.md", table)
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"table.md": table})
     print(f"{data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, p_mask {data_cfg.p_mask}")
     print(table + f"outputs in {out_dir}")
     return summary

@@ -356,9 +356,8 @@ def main(args: argparse.Namespace) -> dict:
         )
     columns = ["problem", "lam", "loss_obs", "loss_mask", "loss", "unsolved", "time_s"]
     table = utils.markdown_table(rows, columns)
-    utils.atomic_write_text(out_dir / "table.md", table)
     summary = {"args": vars(args), "rows": rows}
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"table.md": table})
     print(
         f"{args.num_matrices} matrices {args.m}×{args.n}, rank {args.rank}, "
         f"p_mask {args.p_mask}, solver {args.solver}"

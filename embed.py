@@ -583,8 +583,7 @@ def main(cfg: EmbedConfig) -> dict:
     summary, rows = EXPERIMENTS[cfg.exp_type](ctx)
     summary = {"exp_type": cfg.exp_type, **summary}
     table = utils.markdown_table(rows)
-    utils.write_json(out_dir / "summary.json", summary)
-    utils.atomic_write_text(out_dir / "table.md", table)
+    utils.write_results(out_dir, summary, {"table.md": table})
     print(
         f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table}outputs in {out_dir}"
     )

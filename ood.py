@@ -212,8 +212,7 @@ def main(cfg: OodConfig) -> dict:
         text += utils.markdown_table(rows, columns) if rows else "no point the model can take\n"
         text += "".join(f"\n- skipped {kind} = {s['value']}: {s['reason']}" for s in skipped)
         tables.append(text + ("\n" if skipped else ""))
-    utils.atomic_write_text(out_dir / "tables.md", "\n".join(tables))
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"tables.md": "\n".join(tables)})
     print(f"step {step}, solver {cfg.ood.solver}, {cfg.data.num_samples} matrices per point\n")
     print("\n".join(tables) + f"\noutputs in {out_dir}")
     return summary

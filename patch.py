@@ -283,8 +283,7 @@ def main(cfg: Config) -> dict:
             )
         print(line)
         text += f"\n{line}\n"
-    utils.atomic_write_text(out_dir / "patch.md", text)
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"patch.md": text})
     print(f"outputs in {out_dir}")
     return summary
 

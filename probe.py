@@ -236,9 +236,8 @@ def main(cfg: Config) -> dict:
         columns = [c for c in rows[0] if c != "layer"]
         text += f"\n{kind}\n\n" + utils.markdown_table(rows, ["layer", *columns])
     print(text)
-    utils.atomic_write_text(out_dir / "probe.md", text)
     plot_probes(results, f"linear probes on the hidden states, step {step}", out_dir)
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"probe.md": text})
     print(f"outputs in {out_dir}")
     return summary
 

@@ -144,8 +144,7 @@ def main(cfg: Config) -> dict:
         + utils.markdown_table(rows, ["model", "params", *LOSSES])
     )
     print(text)
-    utils.atomic_write_text(out_dir / "switch_models.md", text)
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"switch_models.md": text})
     print(f"outputs in {out_dir}")
     return summary
 

@@ -256,8 +256,7 @@ def main(cfg: TrainEmbedConfig) -> dict:
     rows = [summary_row(g, s) for g, s in groups.items()]
     rows += [summary_row(FULL, full_summary)] if full_summary else []
     table = utils.markdown_table(rows)
-    utils.write_json(out_dir / "summary.json", summary)
-    utils.atomic_write_text(out_dir / "table.md", table)
+    utils.write_results(out_dir, summary, {"table.md": table})
     print(f"{table}outputs in {out_dir}")
     return summary
 

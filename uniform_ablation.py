@@ -137,8 +137,7 @@ def main(cfg: Config) -> dict:
         head = "single heads whose ablation hurts hidden entries most (0-based)"
         print(head + "\n" + sweep_table)
         text += f"\n{head}:\n\n{sweep_table}"
-    utils.atomic_write_text(out_dir / "ablation.md", text)
-    utils.write_json(out_dir / "summary.json", summary)
+    utils.write_results(out_dir, summary, {"ablation.md": text})
     print(f"outputs in {out_dir}")
     return summary
 

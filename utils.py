@@ -437,6 +437,14 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def write_results(out_dir: Path, summary: dict, texts: dict[str, str]) -> None:
+    """An analysis's outputs: each text file (name → content), then summary.json, written last
+    so that its presence means the run finished."""
+    for name, text in texts.items():
+        atomic_write_text(out_dir / name, text)
+    write_json(out_dir / "summary.json", summary)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
