@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The paper's claims that need training runs of their own (docs/RESULTS.md, rows marked —), side
+# by side on one GPU for TIME_S seconds, then packed for the trip back:
+#
+#   bash scripts/gpu_claims.sh OUT_DIR TIME_S
+#
+# Variants of configs/train.yaml (seed 0): factors N(0, 1); width 64 and 128 (FFN 4× width);
+# depth 6; a 5×5 / 7×7 / 9×9 rank-1 mixture. The 4-layer, width-768 baseline they compare with is
+# docs/results/h100_reproduce/train (drop 12,100 – 14,200). Runs still going at TIME_S are
+# stopped; each one's drop is read from what it logged (scripts/sweep.py). Writes
+# OUT_DIR/claims.tgz (every run's metrics.jsonl, config.yaml, log, sweep.md/json; no checkpoints).
+# BASE (default configs/train.yaml) and VARIANTS (default: all of the above) change what runs;
+# `BASE=configs/train_tiny.yaml bash scripts/gpu_claims.sh /tmp/c 20` is a quick check on a CPU.
+set -uo pipefail
+out=${1:?usage: bash scripts/gpu_claims.sh OUT_DIR TIME_S}
+time_s=${2:?usage: bash scripts/gpu_claims.sh OUT_DIR TIME_S}
+base=${BASE:-configs/train.yaml}
+work=${WORK:-/tmp/gpu_claims}
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+
+common="train.steps=50000 train.save_every=0"
+variants=(
+  "gaussian: $common data.distribution=gaussian"
+  "d64: $common model.hidden_size=64 model.intermediate_size=256"
+  "d128: $common model.hidden_size=128 model.intermediate_size=512"
+  "L6: $common model.num_hidden_layers=6"
+  "mixture: $common data.rank=1 data.sizes=[5,7,9]"
+)
+args=()
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  [[ -z ${VARIANTS:-} || " $VARIANTS " == *" $name "* ]] && args+=(--variant "$v")
+done
+
+rm -rf "$work" && mkdir -p "$work" "$out"
+python3 scripts/sweep.py --base "$base" --out "$work" --time-limit "$time_s" \
+  --parallel $(( ${#args[@]} / 2 )) --threads 2 --seeds 0 "${args[@]}" 2>&1 | tee "$work/sweep.log"
+tar czf "$out/claims.tgz" --exclude='*.pt' -C "$work" .
