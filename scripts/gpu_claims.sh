@@ -3,6 +3,7 @@
 # by side on one GPU for TIME_S seconds, then packed for the trip back:
 #
 #   bash scripts/gpu_claims.sh OUT_DIR TIME_S
+#   bash scripts/gpu_claims.sh --check          # only check that train.py takes every variant
 #
 # Variants of configs/train.yaml (seed 0): factors N(0, 1); width 64 and 128 (FFN 4× width);
 # depth 6; a 5×5 / 7×7 / 9×9 rank-1 mixture. The 4-layer, width-768 baseline they compare with is
@@ -12,8 +13,8 @@
 # BASE (default configs/train.yaml) and VARIANTS (default: all of the above) change what runs;
 # `BASE=configs/train_tiny.yaml bash scripts/gpu_claims.sh /tmp/c 20` is a quick check on a CPU.
 set -uo pipefail
-out=${1:?usage: bash scripts/gpu_claims.sh OUT_DIR TIME_S}
-time_s=${2:?usage: bash scripts/gpu_claims.sh OUT_DIR TIME_S}
+usage="usage: bash scripts/gpu_claims.sh OUT_DIR TIME_S | --check"
+out=${1:?$usage}
 base=${BASE:-configs/train.yaml}
 work=${WORK:-/tmp/gpu_claims}
 cd "$(dirname "$0")/.."
@@ -33,6 +34,16 @@ for v in "${variants[@]}"; do
   [[ -z ${VARIANTS:-} || " $VARIANTS " == *" $name "* ]] && args+=(--variant "$v")
 done
 
+if [[ $out == --check ]]; then
+  for v in "${variants[@]}"; do
+    overrides=()
+    for o in ${v#*:}; do overrides+=("--$o"); done
+    python3 train.py --config "$base" "${overrides[@]}" --print-config > /dev/null || exit 1
+    echo "ok: $v"
+  done
+  exit 0
+fi
+time_s=${2:?$usage}
 rm -rf "$work" && mkdir -p "$work" "$out"
 python3 scripts/sweep.py --base "$base" --out "$work" --time-limit "$time_s" \
   --parallel $(( ${#args[@]} / 2 )) --threads 2 --seeds 0 "${args[@]}" 2>&1 | tee "$work/sweep.log"

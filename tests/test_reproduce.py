@@ -76,3 +76,12 @@ def test_collect_results_on_an_empty_folder_is_one_line(tmp_path):
     assert (
         proc.returncode != 0 and proc.stderr.strip() == f"error: no summary.json under {tmp_path}"
     )
+
+
+def test_gpu_claims_variants_are_valid_overrides():
+    """Every variant scripts/gpu_claims.sh would train on a GPU is a config train.py takes."""
+    done = subprocess.run(
+        ["bash", "scripts/gpu_claims.sh", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ok: ") == 5
