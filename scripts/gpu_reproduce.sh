@@ -5,12 +5,13 @@
 #   bash scripts/gpu_reproduce.sh collect OUT_DIR WAIT_S   # call 2: wait for the rest, pack
 #
 # `start` runs, in a background session that outlives the call (the machine stays warm between
-# the two calls): reproduce.sh --train-only, then reproduce.sh --skip-train and, beside the
-# analyses (which leave the GPU mostly idle), a sweep of CPU-demo variants (scripts/sweep.py).
+# the two calls): reproduce.sh --train-only, then reproduce.sh --skip-train and, if SWEEP_S > 0,
+# beside the analyses (which leave the GPU mostly idle) the sweep of CPU-demo variants that
+# docs/results/tiny_sweep_h100 reports (scripts/sweep.py, SWEEP_S seconds).
 # Each call waits up to WAIT_S seconds for that work to end, then packs everything but the
 # checkpoints into OUT_DIR/results.tgz (logs, exit codes, figures, summaries, results.json).
-# REPRO_ARGS (default: none, the paper's setting) and SWEEP_S (seconds, default 200; 0 skips the
-# sweep) change what runs; `REPRO_ARGS="--tiny --steps 60"` is a quick check on a CPU.
+# REPRO_ARGS (default: none, the paper's setting) and SWEEP_S (default 0: no sweep) change what
+# runs; `REPRO_ARGS="--tiny --steps 60"` is a quick check on a CPU.
 set -uo pipefail
 mode=${1:?usage: bash scripts/gpu_reproduce.sh start|collect OUT_DIR WAIT_S}
 out=${2:?usage: bash scripts/gpu_reproduce.sh start|collect OUT_DIR WAIT_S}
@@ -32,13 +33,13 @@ if [[ $mode == start ]]; then
     t0=\$(date +%s)
     bash reproduce.sh --out '$work/rep' --train-only ${REPRO_ARGS:-} > '$work/train.log' 2>&1
     echo \$? > '$work/train.rc'; echo \"train: \$(( \$(date +%s) - t0 )) s\" >> '$work/device.txt'
-    if (( ${SWEEP_S:-200} > 0 )); then
-      python3 scripts/sweep.py --out '$work/sweep' --time-limit ${SWEEP_S:-200} --parallel 6 \
+    if (( ${SWEEP_S:-0} > 0 )); then
+      python3 scripts/sweep.py --out '$work/sweep' --time-limit ${SWEEP_S:-0} --parallel 6 \
         --seeds 0 --variant 'base: $S' --variant 'd96: $S model.hidden_size=96 model.intermediate_size=384' \
         --variant 'L3: $S model.num_hidden_layers=3' > '$work/sweep.log' 2>&1 &
-      python3 scripts/sweep.py --out '$work/sweep2' --time-limit ${SWEEP_S:-200} --parallel 3 \
+      python3 scripts/sweep.py --out '$work/sweep2' --time-limit ${SWEEP_S:-0} --parallel 3 \
         --seeds 2 --variant 'base: $S' --variant 'b256: $S train.batch_size=256' > '$work/sweep2.log' 2>&1 &
-      python3 scripts/sweep.py --out '$work/sweep3' --time-limit ${SWEEP_S:-200} --parallel 1 \
+      python3 scripts/sweep.py --out '$work/sweep3' --time-limit ${SWEEP_S:-0} --parallel 1 \
         --seeds 1 --variant 'b256: $S train.batch_size=256' > '$work/sweep3.log' 2>&1 &
     fi
     t1=\$(date +%s)
