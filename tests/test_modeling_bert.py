@@ -122,6 +122,31 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32():
     assert (grad16 - grad32).norm() < 0.05 * grad32.norm()
 
 
+def test_bf16_pattern_is_the_rounded_fp32_softmax_of_its_scores():
+    """On the explicit path the softmax runs in fp32 and is rounded back: the pattern keeps the
+    scores' dtype (as HF's eager attention does) and is a distribution over keys."""
+    model = _trained_like().eval()
+    seen = {}
+
+    def keep(name):
+        def fn(x, hook):
+            seen[name] = x.detach()
+
+        return fn
+
+    names = [act_name("attn_scores", 1), act_name("pattern", 1)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with model.hooks([(n, keep(n)) for n in names]):
+            model(_ids())
+    scores, pattern = (seen[n] for n in names)
+    assert scores.dtype == pattern.dtype == torch.bfloat16
+    expected = scores.float().softmax(dim=-1).to(torch.bfloat16)
+    torch.testing.assert_close(pattern, expected, atol=0, rtol=0)
+    torch.testing.assert_close(
+        pattern.float().sum(-1), torch.ones(pattern.shape[:-1]), atol=2e-2, rtol=0
+    )
+
+
 def test_noop_hooks_change_nothing_and_are_removed():
     model = _trained_like()
     ids = _ids()
