@@ -44,6 +44,10 @@ if [[ $out == --check ]]; then
   exit 0
 fi
 time_s=${2:?$usage}
+if [[ -e $work && ! -f $work/sweep.log ]]; then  # only a previous run's folder is replaced
+  echo "error: WORK folder '$work' exists and is not an earlier gpu_claims.sh run; not replacing it" >&2
+  exit 2
+fi
 rm -rf "$work" && mkdir -p "$work" "$out"
 python3 scripts/sweep.py --base "$base" --out "$work" --time-limit "$time_s" \
   --parallel $(( ${#args[@]} / 2 )) --threads 2 --seeds 0 "${args[@]}" 2>&1 | tee "$work/sweep.log"

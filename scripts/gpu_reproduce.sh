@@ -21,6 +21,10 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 
 if [[ $mode == start ]]; then
+  if [[ -e $work && ! -f $work/device.txt ]]; then  # only a previous run's folder is replaced
+    echo "error: WORK folder '$work' exists and is not an earlier gpu_reproduce.sh run; not replacing it" >&2
+    exit 2
+  fi
   rm -rf "$work" && mkdir -p "$work"
   {
     date -u +%Y-%m-%dT%H:%M:%SZ
