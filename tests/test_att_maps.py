@@ -7,6 +7,8 @@ from conftest import ROOT
 
 import att_maps
 import utils
+from data import Batch, DataConfig, MatrixSampler
+from model import load_checkpoint
 from utils import UserError
 
 
@@ -111,3 +113,20 @@ def test_missing_checkpoint_says_how_to_make_it_and_writes_nothing(tiny_run, tmp
     with pytest.raises(UserError, match="step_000030.pt not found; make it with: python3 train.py"):
         att_maps.main(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_mean_pattern_averages_over_matrices(tiny_run):
+    """Catches the mean pattern divided by the number of batches instead of matrices: its rows
+    must sum to 1, and batches of 3, 5 and 1 matrices must give the mean over all 9 at once."""
+    run, _ = tiny_run
+    model, _ = load_checkpoint(run / "step_000020.pt")
+    sampler = MatrixSampler(DataConfig(m=4, n=4, rank=1), seed=0)
+    batches = [sampler.sample(b) for b in (3, 5, 1)]
+    pattern = att_maps.mean_patterns(model, batches, 4, 4)["pattern"]
+    assert pattern.shape == (2, 4, 16, 16)
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 4, 16))
+    ids, target, observed = (
+        torch.cat([getattr(b, key) for b in batches]) for key in ("input_ids", "target", "observed")
+    )
+    whole = Batch(ids, target, observed, 4, 4)
+    torch.testing.assert_close(att_maps.mean_patterns(model, [whole], 4, 4)["pattern"], pattern)

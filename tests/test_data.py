@@ -149,3 +149,18 @@ def test_structured_mask():
 def test_bad_data_config(kwargs, match):
     with pytest.raises(UserError, match=match):
         DataConfig(**kwargs)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_sampler_draws_the_configured_rank(rank):
+    """Catches a sampler that ignores `data.rank` (rank 1 whatever the config or caller says):
+    rank-r matrices have r singular values clearly above the rounding noise, and no more."""
+    for sampler, kwargs in (
+        (MatrixSampler(DataConfig(m=7, n=7, rank=rank), seed=0), {}),
+        (MatrixSampler(DataConfig(m=7, n=7, rank=4), seed=0), {"rank": rank}),
+    ):
+        s = torch.linalg.svdvals(sampler.sample(500, **kwargs).target.view(-1, 7, 7))
+        # σ_r > 0.05 on 500 of 500 today; rounding to 2 decimals leaves σ_{r+1} ≤ 0.016
+        share = (s[:, rank - 1] > 0.05).float().mean().item()
+        assert share > 0.95, f"rank {rank} {kwargs}: σ_{rank} > 0.05 on only {share:.0%}"
+        assert (s[:, rank] < 0.05).all(), f"rank {rank} {kwargs}: σ_{rank + 1} ≥ 0.05"

@@ -159,3 +159,20 @@ def test_sections_for_several_checkpoints():
     assert [(s.path, s.step) for s in files] == [("a.pt", None), ("b.pt", None)]
     pair = PrePostCkptSection(run="r", pre_step=10, post_step=20, post_path="p.pt").sections()
     assert pair == {"pre": CkptSection("r", 10, None, None), "post": CkptSection("r", 20, "p.pt")}
+
+
+def test_masked_mse_on_a_worked_example():
+    """Catches any of the four measured on the wrong entries (e.g. mask_value at observed ones)."""
+    pred = torch.tensor([[0.5, -1.0, 0.0, 2.0]])
+    target = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    observed = torch.tensor([[True, False, True, False]])
+    # squared errors 0.25, 1, 1, 1; entries 0 and 2 observed, 1 and 3 hidden
+    got = utils.to_floats(utils.masked_mse(pred, target, observed))
+    assert got == pytest.approx(
+        {
+            "loss": (0.25 + 1 + 1 + 1) / 4,  # 0.8125
+            "loss_obs": (0.25 + 1) / 2,  # 0.625
+            "loss_mask": (1 + 1) / 2,  # 1.0
+            "mask_value": (1.0 + 2.0) / 2,  # |pred| at hidden entries: 1.5 (observed ones: 0.25)
+        }
+    )

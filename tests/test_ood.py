@@ -4,10 +4,12 @@ import math
 import pytest
 import torch
 from conftest import ROOT
+from torch import nn
 
 import ood
 import utils
-from data import DataConfig
+from data import DataConfig, detokenize
+from model import analysis_data_config, load_checkpoint
 from utils import UserError
 
 
@@ -71,3 +73,49 @@ def test_heavy_tails_are_redrawn_into_the_vocabulary():
     assert torch.equal(batch.input_ids != 0, batch.observed)
     with pytest.raises(UserError, match="smaller scale"):
         ood.draw_in_vocabulary(DataConfig(distribution="laplace", scale=50.0), 8, seed=0)
+
+
+class Copier(nn.Module):
+    """Outputs the value of each input token and 0 at MASK: it copies the observed entries
+    perfectly and completes nothing."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config  # the trained model's, so the same points fit or are skipped
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        values, _ = detokenize(input_ids, 1, input_ids.shape[-1])
+        return values.flatten(-2)
+
+
+def test_a_copying_model_scores_what_copying_scores_at_every_point(tiny_run, tmp_path, monkeypatch):
+    """Catches a sweep that measures the model on other matrices than the point's: a copier has
+    L_obs = 0 and L_mask = the mean square of the hidden entries of that point's matrices."""
+    run, _ = tiny_run
+    model, ckpt = load_checkpoint(run / "step_000020.pt")
+    copier = Copier(model.config)
+    monkeypatch.setattr(ood, "load_from_section", lambda section, device: (copier, ckpt))
+    cfg = utils.load_config(
+        ood.OodConfig,
+        ROOT / "configs" / "ood.yaml",
+        [
+            f"ckpt.run={run}",
+            f"out_dir={tmp_path / 'out'}",
+            "device=cpu",
+            "data.num_samples=16",
+            "ood.distributions=['gaussian:0.5']",
+            "ood.ranks=[1, 3]",
+            "ood.rows=[3]",
+            "ood.cols=[6]",
+        ],
+    )
+    summary = ood.main(cfg)
+    points = ood.sweep_points(cfg.ood, cfg.data)
+    for kind, sweep in summary["sweeps"].items():
+        for (label, section), row in zip(points[kind], sweep["rows"], strict=True):
+            data_cfg = analysis_data_config(ckpt, section, copier)
+            batch, _ = ood.draw_in_vocabulary(data_cfg, 16, cfg.seed)
+            hidden = batch.target[~batch.observed].double()
+            assert row["value"] == label and row["unsolved"] == 0
+            assert row["bert_loss_obs"] == 0 and row["nuc_loss_obs"] == 0  # both keep what is seen
+            assert row["bert_loss_mask"] == pytest.approx(hidden.square().mean().item(), rel=1e-5)

@@ -3,6 +3,7 @@
 import json
 import math
 import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -85,3 +86,23 @@ def test_gpu_claims_variants_are_valid_overrides():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ok: ") == 5
+
+
+def test_results_json_holds_each_stage_summary_under_its_folder(tmp_path):
+    """Catches results.json keying or copying the stages' numbers wrongly: on a constructed
+    output folder it must hold every summary.json unchanged, under its folder's relative path."""
+    summaries = {
+        "train": {"final_step": 40, "final_loss": 0.03125},
+        "embed/token_norm": {"norm_symmetry_corr": -0.5, "rows": [{"step": 10, "x": 1e-7}]},
+    }
+    for stage, summary in summaries.items():
+        (tmp_path / stage).mkdir(parents=True)
+        (tmp_path / stage / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "train" / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # not a summary
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/collect_results.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "results.json").read_text()) == summaries

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import subprocess
@@ -11,6 +12,7 @@ from conftest import ROOT, tiny_config
 
 import train
 import utils
+from data import MatrixSampler
 from model import load_checkpoint
 from modeling_bert import act_name
 from utils import UserError
@@ -239,3 +241,71 @@ def test_drop_detector_on_recorded_cpu_demo_runs(run, drop_step):
 
 def test_float_options_accept_exponent_notation(tmp_path):
     assert tiny_config(tmp_path, "train.lr=2e-3").train.lr == 0.002
+
+
+# ---------------------------------------------------------------- what a step trains on
+
+
+def test_step_backpropagates_the_mse_over_all_entries(tmp_path):
+    """Catches a step that backpropagates L_mask (or L_obs) instead of the MSE over all entries."""
+    cfg = tiny_config(tmp_path)
+    trainer = train.Trainer(cfg)
+    reference = copy.deepcopy(trainer.model)
+    metrics = trainer.step()  # the gradients stay on the parameters after the Adam update
+    # the same batch, from a sampler with the trainer's seed
+    batch = MatrixSampler(cfg.data, "cpu", seed=cfg.train.seed).sample(cfg.train.batch_size)
+    loss = (reference(batch.input_ids) - batch.target).square().mean()
+    loss.backward()
+    assert metrics["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    for (name, p), q in zip(trainer.model.named_parameters(), reference.parameters()):
+        off = (p.grad - q.grad).abs().max().item()
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-9), f"{name}: off by {off:.3g}"
+
+
+def test_training_batches_have_the_configured_rank(tmp_path, monkeypatch):
+    """Catches a sampler that ignores `data.rank`: a rank-2 run must train on rank-2 matrices."""
+    cfg = tiny_config(tmp_path, "data.rank=2", "train.batch_size=64")
+    trainer = train.Trainer(cfg)
+    drawn = []
+    sample = trainer.sampler.sample
+
+    def recording(*args, **kwargs):
+        drawn.append(sample(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(trainer.sampler, "sample", recording)
+    assert math.isfinite(trainer.step()["loss"].item())
+    s = torch.linalg.svdvals(drawn[0].target.view(-1, 4, 4))
+    share = (s[:, 1] > 0.05).float().mean().item()  # 64 of 64 today
+    assert share > 0.95, f"σ₂ > 0.05 on only {share:.0%} of the training batch"
+    assert (s[:, 2] < 0.05).all()
+
+
+def test_logging_does_not_change_the_training_data(tmp_path):
+    """Catches an eval batch drawn from the training sampler: the weights would then depend on
+    how often the run logs. (16 steps: a short run may log more often than log_every says, but
+    every step and every other step still differ.)"""
+    for every in (1, 4):
+        train.main(tiny_config(tmp_path / str(every), "train.steps=16", f"train.log_every={every}"))
+    a = torch.load(tmp_path / "1/run/step_000016.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "4/run/step_000016.pt", weights_only=True)["model"]
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"log_every 1 and 4 end with other weights: {differ[:2]} ..."
+
+
+def test_resume_with_dropout_equals_uninterrupted(tmp_path):
+    """Catches a resume that does not restore torch's RNG: with dropout on, the resumed steps
+    would draw other dropout masks than the uninterrupted run."""
+    dropout = ["model.hidden_dropout_prob=0.1", "model.attention_probs_dropout_prob=0.1"]
+    train.main(tiny_config(tmp_path / "a", *dropout))
+    train.main(tiny_config(tmp_path / "b", "train.steps=10", *dropout))
+    train.main(tiny_config(tmp_path / "b", "train.resume=true", *dropout))
+    a = torch.load(tmp_path / "a/run/step_000020.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/run/step_000020.pt", weights_only=True)["model"]
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"resumed and uninterrupted runs end with other weights: {differ[:2]} ..."
+    # a 10-step run may log more often than a 20-step one: compare the steps both logged
+    la = {r["step"]: r["loss"] for r in train.read_metrics(tmp_path / "a/run/metrics.jsonl")}
+    lb = {r["step"]: r["loss"] for r in train.read_metrics(tmp_path / "b/run/metrics.jsonl")}
+    both = sorted(la.keys() & lb.keys())
+    assert 20 in both and [la[s] for s in both] == [lb[s] for s in both]
