@@ -10,16 +10,30 @@ forward pass in eval mode, the four logged losses each read with `.item()`, an e
 `num_eval` matrices, and a printed line (sent to /dev/null here so the terminal stays readable).
 Both draw fresh batches from the same sampler. Prints steps/s of each, the ratio, achieved TFLOP/s
 (6 × non-embedding parameters × tokens per step) and peak device memory; writes `summary.json`.
+It refuses an `out_dir` that already holds a summary.json.
+
+With `--bench.profile=true` each of our loops is then run for `profile_steps` more steps under
+torch.profiler, and the run's entry in summary.json gets a `profile`: wall time per step against
+the time the device was busy (on a GPU the summed kernel time; on a CPU the summed self CPU time
+of the ops, labelled "CPU op time"), split by class (`op_class`): matmul, attention, elementwise,
+optimizer (inside `Optimizer.step`/`zero_grad`), sampler (inside `MatrixSampler.sample`, which
+the bench wraps in a profiler range) and other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, record_function
 
 import train
 import utils
@@ -37,11 +51,17 @@ class BenchSection:
     warmup_steps: int = opt(30, "untimed steps first (torch.compile happens here)")
     steps: int = opt(200, "timed steps per loop")
     baseline: bool = opt(True, "also time the authors'-style loop (needs transformers)")
-    out_dir: str = opt("results/bench", "output folder")
+    profile: bool = opt(
+        False, "then profile our loops: wall vs device-busy time per step, by kernel/op class"
+    )
+    profile_steps: int = opt(10, "steps profiled per loop (bench.profile), after the timed ones")
+    out_dir: str = opt("results/bench", "output folder (one that holds a summary.json is refused)")
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.warmup_steps < 0:
-            raise UserError("'bench.steps' must be ≥ 1 and 'bench.warmup_steps' ≥ 0")
+        if self.steps < 1 or self.warmup_steps < 0 or self.profile_steps < 1:
+            raise UserError(
+                "'bench.steps' and 'bench.profile_steps' must be ≥ 1, 'bench.warmup_steps' ≥ 0"
+            )
 
 
 @dataclass
@@ -75,7 +95,8 @@ def _timed(step_fn, device: torch.device, warmup: int, steps: int) -> dict:
     return {"steps_per_s": steps / seconds, "seconds": seconds, "peak_mem_gib": peak}
 
 
-def time_ours(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
+def time_ours(cfg: train.TrainConfig, warmup: int, steps: int, profile_steps: int = 0) -> dict:
+    """Time `Trainer.step`; with `profile_steps`, then profile that many more steps."""
     trainer = train.Trainer(cfg)
 
     def step():
@@ -83,15 +104,203 @@ def time_ours(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
 
     result = _timed(step, trainer.device, warmup, steps)
     result["tflops"] = flops_per_step(cfg, trainer.model) * result["steps_per_s"] / 1e12
+    if profile_steps:
+        result["profile"] = profile_ours(trainer, profile_steps)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Profiling our step: where the time of a step goes
+
+CLASSES = ("matmul", "attention", "elementwise", "optimizer", "sampler", "other")
+SAMPLER_RANGE = "bench.sampler"  # the profiler range around MatrixSampler.sample
+# (class, pattern) in order, first match wins, case-insensitive; names are CPU ops (`aten::addmm`),
+# autograd nodes, profiler ranges (`Optimizer.step#Adam.step`) and CUDA kernels. Optimizer and
+# attention come first because their kernels' names contain "mul" / "cutlass". The explicit
+# attention path (bf16 on a CPU) computes scores and output with bmm, which counts as matmul.
+_ELEMENTWISE_OPS = (
+    "add|sub|rsub|mul|div|neg|pow|sqrt|rsqrt|exp|log|abs|sign|clamp|where|masked_fill|fill|zero|"
+    "zeros|zeros_like|ones|ones_like|copy|to_copy|to|clone|contiguous|gelu|relu|tanh|sigmoid|"
+    "dropout|native_dropout|mse_loss|sum|mean|square|isfinite|isnan|isinf|bitwise_not|bitwise_or|"
+    "logical_not|eq|ne|lt|gt|le|ge|maximum|minimum|lerp|addcmul|addcdiv"
+)
+_CLASS_PATTERNS = tuple(
+    (cls, re.compile(pattern, re.IGNORECASE))
+    for cls, pattern in (
+        ("sampler", rf"^{re.escape(SAMPLER_RANGE)}$"),
+        ("optimizer", r"^optimizer\.|adam|_foreach_|multi_tensor_apply"),
+        ("attention", r"scaled_dot_product|attention|flash|fmha|softmax"),
+        (
+            "matmul",
+            r"^aten::_?(mm|addmm|bmm|baddbmm|matmul|linear|addmm_activation|scaled_mm)$"
+            r"|gemm|gemv|cutlass|cublas|xmma|mmbackward|triton_tem_",
+        ),
+        (
+            "elementwise",
+            rf"^aten::_?({_ELEMENTWISE_OPS})(_|_backward)?$"
+            r"|elementwise|reduce_kernel|layer_?norm|gelu|triton_(poi|red|per)_|memcpy|memset",
+        ),
+    )
+)
+# Classes that claim everything inside them (the kernels an optimizer step or a sampler launches,
+# the bmm of a math-path SDPA); the others describe one op or kernel by itself.
+_RANGE_CLASSES = ("sampler", "optimizer", "attention")
+
+
+def op_class(name: str) -> str:
+    """The class of one CPU op, autograd node, profiler range or CUDA kernel name."""
+    return next((cls for cls, pattern in _CLASS_PATTERNS if pattern.search(name)), "other")
+
+
+def attribute(chain: list[str]) -> str:
+    """The class of a piece of work, from its names innermost first: a kernel (on a GPU), the op
+    that ran or launched it, then that op's enclosing ops and ranges. The outermost range class
+    (sampler, optimizer, attention) wins; otherwise the innermost name with a class does (an
+    allocation inside `aten::_to_copy` is elementwise, an unknown kernel takes its op's class)."""
+    classes = [op_class(name) for name in chain]
+    ranged = [c for c in classes if c in _RANGE_CLASSES]
+    if ranged:
+        return ranged[-1]
+    return next((c for c in classes if c != "other"), "other")
+
+
+def _names_up(event) -> list[str]:
+    """The event's name, then those of its enclosing CPU events (same thread), innermost first."""
+    names = []
+    while event is not None:
+        names.append(event.name)
+        event = event.cpu_parent
+    return names
+
+
+def _host_work(events) -> Iterator[tuple[list[str], float]]:
+    """(names, µs) of each CPU op's self time; ranges (record_function) are not ops, and their
+    self time is Python between ops, left in wall − busy."""
+    for e in events:
+        if e.device_type == DeviceType.CPU and not e.is_user_annotation:
+            yield _names_up(e), e.self_cpu_time_total
+
+
+def _device_work(events) -> Iterator[tuple[list[str], float]]:
+    """(names, µs) of each GPU kernel: its name, then the op that launched it and that op's
+    enclosing ones. NOT YET RUN ON A GPU (written against torch 2.13's profiler_util).
+
+    A range also appears on the GPU timeline as a span (gpu_user_annotation, a device event with
+    `is_user_annotation`) that the profiler may list among the range's kernels: skipped here.
+    """
+    spans = Counter(
+        (e.name, e.device_time_total)
+        for e in events
+        if e.device_type != DeviceType.CPU and e.is_user_annotation
+    )
+    for e in events:
+        if e.device_type != DeviceType.CPU:
+            continue
+        for k in e.kernels:
+            if spans[(k.name, k.duration)] > 0:
+                spans[(k.name, k.duration)] -= 1
+                continue
+            yield [k.name, *_names_up(e)], k.duration
+
+
+def breakdown(work: Iterable[tuple[list[str], float]]) -> tuple[dict, dict]:
+    """({class: µs}, {(innermost name, class): µs}) of (names, µs) pieces of work."""
+    by_class, by_name = dict.fromkeys(CLASSES, 0.0), defaultdict(float)
+    for names, us in work:
+        cls = attribute(names)
+        by_class[cls] += us
+        by_name[names[0], cls] += us
+    return by_class, dict(by_name)
+
+
+@contextlib.contextmanager
+def in_range(obj, method: str, name: str) -> Iterator[None]:
+    """While inside, `obj.<method>` runs inside a profiler range `name` (an instance attribute
+    shadows the class's method, and is removed on leaving)."""
+    inner = getattr(obj, method)
+
+    def wrapped(*args, **kwargs):
+        with record_function(name):
+            return inner(*args, **kwargs)
+
+    setattr(obj, method, wrapped)
+    try:
+        yield
+    finally:
+        delattr(obj, method)
+
+
+def profile_ours(trainer: train.Trainer, steps: int, top: int = 10) -> dict:
+    """Run `steps` more steps under torch.profiler: per-step wall time (profiler on), the device's
+    busy time and its split by class (ms), host time inside the sampler and optimizer ranges, and
+    the `top` kernels/ops by time."""
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with (
+        in_range(trainer.sampler, "sample", SAMPLER_RANGE),
+        torch.profiler.profile(activities=activities) as prof,
+    ):
+        _sync(trainer.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        _sync(trainer.device)
+        wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    events = prof.events()
+    by_class, by_name = breakdown(_device_work(events) if cuda else _host_work(events))
+    busy = sum(by_class.values())
+    unlinked = None
+    if cuda:  # busy as torch's own table totals it; should equal the kernels linked to an op
+        busy = sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type != DeviceType.CPU and not e.is_user_annotation
+        )
+        unlinked = (busy - sum(by_class.values())) * 1e-3 / steps
+    ranges = defaultdict(float)
+    for e in events:
+        if e.device_type == DeviceType.CPU and e.is_user_annotation:
+            if (cls := op_class(e.name)) in ("sampler", "optimizer"):
+                ranges[cls] += e.cpu_time_total
+    ms = 1e-3 / steps  # µs over all steps -> ms per step
+    return {
+        "steps": steps,
+        "busy_is": "GPU kernel time" if cuda else "CPU op time (self CPU time of the ops)",
+        "wall_ms_per_step": wall_ms,
+        "busy_ms_per_step": busy * ms,
+        "busy_share_of_wall": busy * ms / wall_ms,
+        "unlinked_kernel_ms_per_step": unlinked,  # GPU only: busy minus the classes' sum
+        "ms_per_step": {cls: us * ms for cls, us in by_class.items()},
+        "range_host_ms_per_step": {cls: ranges[cls] * ms for cls in ("sampler", "optimizer")},
+        "top": [
+            {"name": name, "class": cls, "ms_per_step": us * ms}
+            for (name, cls), us in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+        ],
+    }
+
+
+def profile_table(name: str, p: dict, steps_per_s: float) -> str:
+    """A few lines for the terminal: wall vs busy, then the classes."""
+    busy = p["busy_ms_per_step"]
+    lines = [
+        f"profile of {name}, {p['steps']} steps; busy = {p['busy_is']}",
+        f"  wall {p['wall_ms_per_step']:.2f} ms/step with the profiler on "
+        f"({1e3 / steps_per_s:.2f} ms/step timed without it); busy {busy:.2f} ms/step "
+        f"({p['busy_share_of_wall']:.0%} of the wall)",
+        f"  {'class':<12} {'ms/step':>8} {'of busy':>8}",
+    ]
+    for cls, value in p["ms_per_step"].items():
+        lines.append(f"  {cls:<12} {value:8.2f} {value / busy if busy else 0:8.0%}")
+    if p["unlinked_kernel_ms_per_step"] is not None:
+        lines.append(f"  {'unlinked':<12} {p['unlinked_kernel_ms_per_step']:8.2f}  (kernels)")
+    host = ", ".join(f"{k} {v:.2f}" for k, v in p["range_host_ms_per_step"].items())
+    lines.append(f"  host time inside the ranges (ms/step): {host}")
+    return "\n".join(lines)
 
 
 def time_baseline(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
     """The authors' loop, reproduced for timing: HF BertModel, fp32, eager attention."""
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("bench.baseline needs transformers (pip install transformers)") from None
+    transformers = _transformers()
     device = utils.choose_device(cfg.train.device)
     m = cfg.model
     hf_cfg = transformers.BertConfig(
@@ -145,24 +354,55 @@ def time_baseline(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
     return result
 
 
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("bench.baseline needs transformers (pip install transformers)") from None
+    return transformers
+
+
+def prepare_out_dir(path: str) -> Path:
+    """The output folder, created; one that holds a bench's summary.json is refused."""
+    out_dir = utils.resolve_path(path)
+    if (out_dir / "summary.json").exists():
+        raise UserError(
+            f"{out_dir} already holds a summary.json; choose another --bench.out_dir "
+            "(nothing was overwritten)"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"'bench.out_dir' {out_dir} is a file, not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
 def main(cfg: BenchConfig) -> dict:
     b = cfg.bench
+    # Every input is checked before anything is written or timed.
     base_path = utils.resolve_path(b.train_config)
     tcfg = utils.load_config(train.TrainConfig, base_path, b.overrides)
+    variants = {
+        v: utils.load_config(train.TrainConfig, base_path, b.overrides + v.split())
+        for v in b.variants
+    }
     device = utils.choose_device(tcfg.train.device)
-    out_dir = utils.resolve_path(b.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for vcfg in variants.values():
+        utils.choose_device(vcfg.train.device)
+    if b.baseline:
+        _transformers()
+    out_dir = prepare_out_dir(b.out_dir)
     utils.save_config(cfg, out_dir)
     label = f"ours ({tcfg.train.precision}, compile={tcfg.train.compile})"
-    runs = {label: time_ours(tcfg, b.warmup_steps, b.steps)}
-    for variant in b.variants:
-        vcfg = utils.load_config(train.TrainConfig, base_path, b.overrides + variant.split())
-        runs[f"ours [{variant}]"] = time_ours(vcfg, b.warmup_steps, b.steps)
+    profile_steps = b.profile_steps if b.profile else 0
+    runs = {label: time_ours(tcfg, b.warmup_steps, b.steps, profile_steps)}
+    for variant, vcfg in variants.items():
+        runs[f"ours [{variant}]"] = time_ours(vcfg, b.warmup_steps, b.steps, profile_steps)
     if b.baseline:
         runs["baseline (authors'-style loop)"] = time_baseline(tcfg, b.warmup_steps, b.steps)
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
         "train_config": str(b.train_config),
         "overrides": b.overrides,
         "tflop_per_step": flops_per_step(tcfg, train.MatrixBert(tcfg.model)) / 1e12,
@@ -181,6 +421,9 @@ def main(cfg: BenchConfig) -> dict:
         print(f"{name:<{width}}  {rate}  {mem}")
     if b.baseline:
         print(f"speed-up over the baseline: {summary['speedup']:.2f}×")
+    for name, r in runs.items():
+        if "profile" in r:
+            print(profile_table(name, r["profile"], r["steps_per_s"]))
     print(f"written to {out_dir / 'summary.json'}")
     return summary
 

@@ -6,11 +6,23 @@
 #          found faster (or the one given as the third argument).
 # Usage: bash scripts/gpu_check.sh OUT_DIR [all|bench|train] [COMPILE_MODE]
 # Writes OUT_DIR/{device.txt, bench.log, bench_summary.json, train.log, train/...}; the final
-# checkpoint is written too (about 340 MB with the optimizer state).
+# checkpoint is written too (about 340 MB with the optimizer state). It overwrites and deletes
+# nothing it did not make in this call: if a stage's outputs are already there it stops before
+# writing anything (the train stage only appends its line to an earlier bench's device.txt).
 set -uo pipefail
 out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [all|bench|train] [COMPILE_MODE]}
 stage=${2:-all}
+made=()
+[[ $stage == all || $stage == bench ]] && made+=(device.txt bench.log bench_summary.json)
+[[ $stage == all || $stage == train ]] && made+=(train.log train)
+for name in "${made[@]}"; do
+  if [[ -e $out/$name ]]; then
+    echo "error: $out/$name already exists; not overwriting it (choose another OUT_DIR)" >&2
+    exit 2
+  fi
+done
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the commands below run in the repo root
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 
@@ -20,8 +32,13 @@ if [[ $stage == all || $stage == bench ]]; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   } > "$out/device.txt" 2>&1
-  python3 bench.py --config configs/bench.yaml --bench.out_dir="$out/bench" > "$out/bench.log" 2>&1
-  mv "$out/bench/summary.json" "$out/bench_summary.json" && rm -r "$out/bench"
+  bench_dir=$(mktemp -d "$out/bench.XXXXXX")  # a folder of this call's own, removed below
+  python3 bench.py --config configs/bench.yaml --bench.out_dir="$bench_dir" > "$out/bench.log" 2>&1
+  if [[ -f $bench_dir/summary.json ]]; then
+    mv "$bench_dir/summary.json" "$out/bench_summary.json" && rm -r "$bench_dir"
+  else
+    echo "bench.py wrote no summary (see $out/bench.log); $bench_dir is kept" >&2
+  fi
 fi
 
 if [[ $stage == all || $stage == train ]]; then
