@@ -5,6 +5,10 @@ State dict: the encoder under `backbone.` (HF names, see modeling_bert.py), the 
 model from the file alone. Checkpoints written by the authors' code (`_backbone.` keys, `epoch`,
 `vocab_size`) load too; their head count is not in the file and must be passed in. Analyses run
 the model through `predict` (input ids in chunks) and `evaluate` (the masked MSE over batches).
+
+The measures of what the model does inside that both the analyses and the training loop report
+live here too: each head's attention shares and role (`attention_shares`, `head_roles`), and
+representation collapse (`representation_collapse`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from data import Batch, DataConfig
-from modeling_bert import BertConfig, BertModel, HookedModule, HookFn
+from modeling_bert import BertConfig, BertModel, HookedModule, HookFn, act_name
 from utils import (
     AnalysisData,
     CkptSection,
@@ -61,6 +66,38 @@ def check_fits(config: BertConfig, vocab_size: int, max_tokens: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# The layers, heads and positions a config names (0-based), checked before any hook uses them
+
+
+def resolve_indices(values: list[int] | None, size: int, key: str) -> list[int] | None:
+    """Indices (layers, heads or positions) checked against `size`, negative ones counted from the
+    end; None (all) stays None. An error names the config `key`."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        if not -size <= v < size:
+            raise UserError(f"'{key}' has {v}, outside 0..{size - 1} (or -{size}..-1 from the end)")
+        out.append(v % size)
+    return out
+
+
+def check_heads(pairs: list[list[int]], config: BertConfig, key: str) -> list[tuple[int, int]]:
+    """[layer, head] pairs checked against the model; an error names the config `key`."""
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise UserError(f"'{key}': expected [layer, head], got {pair}")
+        layer, head = pair
+        if not 0 <= layer < config.num_hidden_layers:
+            raise UserError(f"'{key}': layer {layer} outside 0..{config.num_hidden_layers - 1}")
+        if not 0 <= head < config.num_attention_heads:
+            raise UserError(f"'{key}': head {head} outside 0..{config.num_attention_heads - 1}")
+        out.append((layer, head))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Predicting and evaluating: what every analysis runs the model through
 
 
@@ -98,6 +135,148 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------
+# Measures of what the model does inside: att_maps.py, the other analyses and train.py's hidden-
+# progress log all use these.
+
+SHARES = ("row", "col", "self", "observed", "hidden")
+ROLES = ("row", "column", "self", "other")
+ROLE_MIN_SHARE = 0.5
+ROLE_RULE = (
+    "a head is a row / column / self head when more than half of its attention (averaged over "
+    "queries and matrices) goes to the other entries of the query's row / of its column / to the "
+    "query itself; otherwise 'other'"
+)
+
+
+def attention_shares(
+    pattern: torch.Tensor, observed: torch.Tensor, m: int, n: int
+) -> dict[str, torch.Tensor]:
+    """Per head [H], the share of a query's attention to its row, column, itself, observed and
+    hidden keys, averaged over queries and the batch. `pattern` [B, H, T, T] (rows sum to 1),
+    `observed` [B, T] with T = m·n row-major."""
+    t = m * n
+    pos = torch.arange(t, device=pattern.device)
+    same_row = pos[:, None] // n == pos[None, :] // n
+    same_col = pos[:, None] % n == pos[None, :] % n
+    eye = torch.eye(t, dtype=torch.bool, device=pattern.device)
+    p = pattern.float()
+    obs = observed.to(p.dtype)
+    to_obs = torch.einsum("bhqk,bk->bhq", p, obs)
+    per_query = {
+        "row": (p * (same_row & ~eye)).sum(-1),
+        "col": (p * (same_col & ~eye)).sum(-1),
+        "self": p.diagonal(dim1=-2, dim2=-1),
+        "observed": to_obs,
+        "hidden": p.sum(-1) - to_obs,
+    }
+    return {k: v.mean(dim=(0, 2)) for k, v in per_query.items()}
+
+
+def chance_shares(m: int, n: int, observed_fraction: float) -> dict[str, float]:
+    """What uniform attention (1/T to every key) would score."""
+    t = m * n
+    return {
+        "row": (n - 1) / t,
+        "col": (m - 1) / t,
+        "self": 1 / t,
+        "observed": observed_fraction,
+        "hidden": 1 - observed_fraction,
+    }
+
+
+def head_role(row: float, col: float, self_: float) -> str:
+    """One head's role from its row, column and self shares, by ROLE_RULE. The three sets of
+    keys are disjoint, so at most one share can exceed one half."""
+    for role, share in (("row", row), ("column", col), ("self", self_)):
+        if share > ROLE_MIN_SHARE:
+            return role
+    return "other"
+
+
+def head_roles(shares: dict) -> list[list[str]]:
+    """Roles [layer][head] from shares {"row", "col", "self": [L, H] tensors or nested lists}."""
+    row, col, self_ = (torch.as_tensor(shares[k]).tolist() for k in ("row", "col", "self"))
+    return [
+        [head_role(r, c, s) for r, c, s in zip(rr, cc, ss)] for rr, cc, ss in zip(row, col, self_)
+    ]
+
+
+def heads_with_role(roles: list[list[str]], role: str) -> list[tuple[int, int]]:
+    """(layer, head) pairs, 0-based, whose role is `role`."""
+    return [(i, h) for i, layer in enumerate(roles) for h, r in enumerate(layer) if r == role]
+
+
+@torch.no_grad()
+def attention_summary(model: MatrixBert, batches: list[Batch], mean_pattern: bool = False) -> dict:
+    """Over `batches`: the shares per layer and head ({SHARES key: [L, H]}, each matrix weighing
+    the same), the roles [L][H] (ROLE_RULE), the model's losses, the observed fraction, and with
+    `mean_pattern` the mean attention pattern [L, H, T, T] (one matrix size only)."""
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    names = [act_name("pattern", i) for i in range(layers)]
+    shares = {k: torch.zeros(layers, heads) for k in SHARES}
+    total, preds, count = None, [], 0
+    for batch in batches:
+        pred, cache = model.run_with_cache(batch.input_ids, names)
+        preds.append(pred)
+        b = batch.input_ids.shape[0]
+        for i, name in enumerate(names):
+            for k, v in attention_shares(cache[name], batch.observed, batch.m, batch.n).items():
+                shares[k][i] += b * v.cpu()
+        if mean_pattern:
+            summed = torch.stack([cache[name].float().sum(0).cpu() for name in names])
+            total = summed if total is None else total + summed
+        count += b
+    shares = {k: v / count for k, v in shares.items()}
+    observed = torch.cat([b.observed.flatten() for b in batches])
+    out = {
+        "shares": shares,
+        "roles": head_roles(shares),
+        "losses": batch_losses(preds, batches),
+        "observed_fraction": observed.float().mean().item(),
+    }
+    if mean_pattern:
+        out["pattern"] = total / count
+    return out
+
+
+ROLE_SPECS = ("row", "column", "self", "row+column")
+
+
+def resolve_heads(
+    spec: list[list[int]] | str, model: MatrixBert, batches: list[Batch], key: str
+) -> tuple[list[tuple[int, int]], dict]:
+    """The heads a config names: [layer, head] pairs (0-based, checked against the model), or a
+    role from ROLE_SPECS resolved on `batches` by ROLE_RULE, so that a script takes this
+    model's own row or column heads rather than indices from another run. Returns the pairs
+    and a note of how they were chosen (for the summary)."""
+    if isinstance(spec, str):
+        if spec not in ROLE_SPECS:
+            raise UserError(
+                f"'{key}' = {spec!r}: not a role (valid: {', '.join(ROLE_SPECS)}) "
+                "or a list of [layer, head] pairs"
+            )
+        roles = attention_summary(model, batches)["roles"]
+        pairs = [p for role in spec.split("+") for p in heads_with_role(roles, role)]
+        return sorted(pairs), {"by_role": spec, "rule": ROLE_RULE, "roles": roles}
+    try:
+        return check_heads(spec, model.config, key), {"by_role": None}
+    except UserError as e:
+        raise UserError(f"{e}; or name heads by role: {', '.join(ROLE_SPECS)}") from None
+
+
+def representation_collapse(hidden: torch.Tensor) -> torch.Tensor:
+    """Mean |cosine| between the hidden states of different positions of one matrix, averaged
+    over positions and matrices: hidden [B, T, D] -> a scalar tensor. 1 means every position
+    holds the same direction (the "representation collapse" of Gopalani & Hu, 2025)."""
+    x = F.normalize(hidden.float(), dim=-1)
+    cos = (x @ x.transpose(1, 2)).abs()  # [B, T, T]
+    t = cos.shape[-1]
+    if t < 2:
+        return cos.new_tensor(float("nan"))
+    return (cos.sum(dim=(1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)).mean() / (t * (t - 1))
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -106,7 +285,7 @@ def _authors_state_dict(sd: dict, num_attention_heads: int | None) -> tuple[Bert
     if num_attention_heads is None:
         raise UserError(
             "an authors'-format checkpoint does not record the head count; set "
-            "model.num_attention_heads (the paper: 8)"
+            "ckpt.num_attention_heads (the paper: 8)"
         )
     sd = {k.replace("_backbone.", "backbone.", 1): v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if not k.endswith(("position_ids", "token_type_ids"))}
@@ -138,7 +317,7 @@ def load_checkpoint(
     if "model_config" in ckpt:
         try:
             config = BertConfig(**ckpt["model_config"])
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise UserError(
                 f"checkpoint {path}: model_config does not fit this code ({e})"
             ) from None
@@ -149,12 +328,28 @@ def load_checkpoint(
     else:
         raise UserError(f"checkpoint {path} has neither model_config nor authors'-format weights")
     model = MatrixBert(config)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise UserError(f"checkpoint {path}: weights do not fit the model ({first})") from None
+    if mismatch := state_dict_mismatch(model.state_dict(), sd):
+        raise UserError(f"checkpoint {path}: weights do not fit the model ({mismatch})")
+    model.load_state_dict(sd)
     return model.to(device).eval(), ckpt
+
+
+def state_dict_mismatch(expected: dict, given: dict) -> str | None:
+    """What keeps `given` from loading into a model whose state dict is `expected`: the first
+    missing, unexpected and mis-shaped keys; None when it fits."""
+    parts = []
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} {tuple(given[k].shape)} for {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and tuple(given[k].shape) != tuple(v.shape)
+    ]
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+            parts.append(f"{what}: {keys[0]}{more}")
+    return "; ".join(parts) or None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,10 +386,15 @@ def load_from_section(
     return load_checkpoint(path, device, section.num_attention_heads)
 
 
-def trained_data_config(ckpt: dict) -> DataConfig:
+def trained_data_config(ckpt: dict, path: str | Path = "the checkpoint") -> DataConfig:
     """The data section the checkpoint was trained on (the paper's for an authors' checkpoint)."""
     saved = ckpt.get("config", {}).get("data")
-    return DataConfig(**saved) if saved else DataConfig()
+    if not saved:
+        return DataConfig()
+    try:
+        return DataConfig(**saved)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: its data config does not fit this code ({e})") from None
 
 
 def analysis_data_config(ckpt: dict, section: AnalysisData, model: MatrixBert) -> DataConfig:

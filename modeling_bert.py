@@ -45,46 +45,72 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import UserError, opt
+
+class BertConfigError(ValueError):
+    """A value this encoder cannot take; the config loader reports it as one line."""
+
+
+def _option(default, help: str, choices: tuple | None = None, derived: bool = False):
+    """A config field with the help string and allowed values the project's config loader reads
+    (utils.opt writes the same metadata; spelt out here so that this file needs torch alone)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "derived": derived})
 
 
 @dataclass
 class BertConfig:
     """HF `BertConfig` field names; only the fields this encoder uses."""
 
-    vocab_size: int = opt(
+    vocab_size: int = _option(
         2002, "token ids; derived from the data section, never typed", derived=True
     )
-    hidden_size: int = opt(768, "width D of the residual stream")
-    num_hidden_layers: int = opt(4, "number of encoder layers")
-    num_attention_heads: int = opt(8, "heads per layer; must divide hidden_size")
-    intermediate_size: int = opt(3072, "MLP width F")
-    hidden_act: str = opt("gelu", "MLP activation (exact GELU, as HF's 'gelu')", ("gelu",))
-    hidden_dropout_prob: float = opt(0.0, "dropout on embeddings and block outputs")
-    attention_probs_dropout_prob: float = opt(0.0, "dropout on the attention pattern")
-    max_position_embeddings: int = opt(512, "rows of the position table (≥ m·n)")
-    layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon")
-    initializer_range: float = opt(0.02, "std of the normal initialisation")
-    pad_token_id: int = opt(0, "id whose embedding is zero and untrained: MASK", derived=True)
+    hidden_size: int = _option(768, "width D of the residual stream")
+    num_hidden_layers: int = _option(4, "number of encoder layers")
+    num_attention_heads: int = _option(8, "heads per layer; must divide hidden_size")
+    intermediate_size: int | None = _option(3072, "MLP width F; null: 4 × hidden_size, as BERT")
+    hidden_act: str = _option("gelu", "MLP activation (exact GELU, as HF's 'gelu')", ("gelu",))
+    hidden_dropout_prob: float = _option(0.0, "dropout on embeddings and block outputs")
+    attention_probs_dropout_prob: float = _option(0.0, "dropout on the attention pattern")
+    max_position_embeddings: int = _option(512, "rows of the position table (≥ m·n)")
+    layer_norm_eps: float = _option(1e-12, "LayerNorm epsilon")
+    initializer_range: float = _option(0.02, "std of the normal initialisation")
+    pad_token_id: int = _option(0, "id whose embedding is zero and untrained: MASK", derived=True)
 
     def __post_init__(self) -> None:
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "vocab_size",
+        ):
+            if getattr(self, name) < 1:
+                raise BertConfigError(f"'model.{name}' must be ≥ 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads != 0:
-            raise UserError(
+            raise BertConfigError(
                 f"'model.hidden_size' = {self.hidden_size} is not divisible by "
                 f"'model.num_attention_heads' = {self.num_attention_heads}"
             )
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"'model.{name}' must be positive")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"'model.{name}' must be in [0, 1)")
+                raise BertConfigError(
+                    f"'model.{name}' must be in [0, 1), got {getattr(self, name)}"
+                )
+        for name in ("layer_norm_eps", "initializer_range"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise BertConfigError(f"'model.{name}' must be ≥ 0, got {getattr(self, name)}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise BertConfigError(
+                f"'model.pad_token_id' must be a token id, got {self.pad_token_id}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -343,7 +369,7 @@ class BertModel(HookedModule):
     ) -> EncoderOutput:
         t = input_ids.shape[1]
         if t > self.config.max_position_embeddings:
-            raise UserError(
+            raise ValueError(
                 f"inputs of {t} positions exceed the model's {self.config.max_position_embeddings}"
                 " position embeddings"
             )
@@ -414,37 +440,6 @@ def patch_z_hooks(
     return [(act_name("z", layer), patch) for layer in layers]
 
 
-# Checking the layers, heads and positions a config names (0-based), before any hook uses them.
-
-
-def resolve_indices(values: list[int] | None, size: int, key: str) -> list[int] | None:
-    """Indices (layers, heads or positions) checked against `size`, negative ones counted from the
-    end; None (all) stays None. An error names the config `key`."""
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        if not -size <= v < size:
-            raise UserError(f"'{key}' has {v}, outside 0..{size - 1} (or -{size}..-1 from the end)")
-        out.append(v % size)
-    return out
-
-
-def check_heads(pairs: list[list[int]], config: BertConfig, key: str) -> list[tuple[int, int]]:
-    """[layer, head] pairs checked against the model; an error names the config `key`."""
-    out = []
-    for pair in pairs:
-        if len(pair) != 2:
-            raise UserError(f"'{key}': expected [layer, head], got {pair}")
-        layer, head = pair
-        if not 0 <= layer < config.num_hidden_layers:
-            raise UserError(f"'{key}': layer {layer} outside 0..{config.num_hidden_layers - 1}")
-        if not 0 <= head < config.num_attention_heads:
-            raise UserError(f"'{key}': head {head} outside 0..{config.num_attention_heads - 1}")
-        out.append((layer, head))
-    return out
-
-
 ABLATIONS = ("mean", "uniform", "zero")
 
 
@@ -453,7 +448,7 @@ def ablate_head_hooks(heads: list[tuple[int, int]], method: str) -> list[tuple[s
     (the authors' "uniform ablation"), `uniform` by 1/T everywhere, `zero` zeroes its output z.
     """
     if method not in ABLATIONS:
-        raise UserError(f"unknown ablation '{method}' (valid: {', '.join(ABLATIONS)})")
+        raise ValueError(f"unknown ablation '{method}' (valid: {', '.join(ABLATIONS)})")
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)

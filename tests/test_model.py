@@ -80,7 +80,7 @@ def test_weights_that_do_not_fit_are_a_clear_error(tmp_path):
 
 def test_inputs_longer_than_the_position_table_are_refused():
     model = _small_model(vocab_size=10, max_position_embeddings=8)
-    with pytest.raises(UserError, match="position embeddings"):
+    with pytest.raises(ValueError, match="position embeddings"):
         model(torch.zeros(1, 9, dtype=torch.long))
 
 

@@ -2,17 +2,16 @@ import pytest
 import torch
 
 from data import DataConfig, MatrixSampler
-from model import MatrixBert
+from model import MatrixBert, check_heads, resolve_indices
 from modeling_bert import (
     BertConfig,
+    BertConfigError,
     BertModel,
     ablate_head_hooks,
     act_name,
     caching_hooks,
-    check_heads,
     patch_hooks,
     patch_z_hooks,
-    resolve_indices,
 )
 from utils import UserError
 
@@ -320,3 +319,45 @@ def test_index_checks_name_the_config_key():
     for bad in (3, -4):
         with pytest.raises(UserError, match=f"'x.layers' has {bad}, outside 0..2"):
             resolve_indices([bad], 3, "x.layers")
+
+
+def test_the_encoder_needs_torch_alone():
+    """Catches modeling_bert.py importing project modules again (it is the file people copy
+    into other projects): only the standard library and torch."""
+    import ast
+    import sys
+
+    from conftest import ROOT
+
+    tree = ast.parse((ROOT / "modeling_bert.py").read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0)
+        for alias in node.names
+    }
+    assert imported - {"__future__", "torch"} <= set(sys.stdlib_module_names), imported
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("intermediate_size", 0),
+        ("layer_norm_eps", -1e-12),
+        ("num_attention_heads", 0),
+        ("max_position_embeddings", 0),
+        ("hidden_dropout_prob", 1.0),
+    ],
+)
+def test_values_the_encoder_cannot_take_are_refused(key, value):
+    """Catches a config that builds a broken model (an empty MLP, a negative LayerNorm eps)."""
+    with pytest.raises(BertConfigError, match=key):
+        BertConfig(**{key: value})
+
+
+def test_intermediate_size_null_is_four_times_the_width():
+    """BERT's ratio, so a width sweep needs one option."""
+    assert (
+        BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=None).intermediate_size
+        == 256
+    )
