@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 import utils
-from data import Batch, DataConfig, MatrixSampler, round_values, tokenize
+from data import Batch, DataConfig, MatrixSampler, round_values, value_at_hidden
 from model import analysis_data_config, check_fits, checkpoint_path, load_from_section, predict
-from utils import LOSSES, AnalysisData, StepsCkptSection, opt
+from utils import LOSSES, AnalysisData, StepsCkptSection, WandbConfig, opt
 
 
 @dataclass
@@ -43,6 +43,7 @@ class CopyCheckConfig:
     ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     copy: CopySection = field(default_factory=CopySection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -63,10 +64,7 @@ def conditions(
     out = [Condition("MASK", batch.input_ids, batch.target, batch.observed)]
     for v in replace_values:
         v = round_values(torch.tensor(float(v)), cfg.prec).item()  # what the token encodes
-        shape = (-1, batch.m, batch.n)
-        filled = torch.where(batch.observed, batch.target, v).reshape(shape)
-        everywhere = torch.ones_like(batch.observed).reshape(shape)
-        ids = tokenize(filled, everywhere, cfg.prec, cfg.min_vocab, cfg.max_vocab)
+        ids = value_at_hidden(batch, v, cfg)
         out.append(Condition(f"{v:g} at hidden", ids, batch.target, batch.observed, v))
     rb = random_batch
     out.append(Condition("random full-rank", rb.input_ids, rb.target, rb.observed))
@@ -116,7 +114,7 @@ def main(cfg: CopyCheckConfig) -> dict:
     columns = ["step", "input", *LOSSES, "mse_to_value"]
     table = utils.markdown_table(rows, columns)
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}
-    utils.write_results(out_dir, summary, {"table.md": table})
+    utils.write_results(out_dir, summary, {"table.md": table}, cfg, "copy_check")
     print(f"{data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, p_mask {data_cfg.p_mask}")
     print(table + f"outputs in {out_dir}")
     return summary

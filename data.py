@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from utils import UserError, opt
+from utils import DataRangeError, UserError, opt
 
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace")
 
@@ -113,9 +113,10 @@ def tokenize(
         bad = observed & ((k < lo) | (k > hi))
         if bool(bad.any()):
             v = values[bad].flatten()[0].item()
-            raise UserError(
-                f"value {v:.{prec}f} is outside the vocabulary [{min_vocab}, {max_vocab}]; "
-                "widen data.min_vocab / data.max_vocab"
+            raise DataRangeError(
+                f"value {v:.{prec}f} is outside the vocabulary [{min_vocab}, {max_vocab}] "
+                "(data.min_vocab, data.max_vocab; a checkpoint's are fixed): draw smaller values "
+                "(data.scale, data.rank, data.distribution) or train with a wider vocabulary"
             )
     ids = torch.where(observed, 1 + k - lo, torch.zeros_like(k))
     return ids.flatten(-2)
@@ -143,6 +144,15 @@ def make_batch(values: torch.Tensor, observed: torch.Tensor, cfg: DataConfig, ch
     m, n = values.shape[-2:]
     ids = tokenize(values, observed, cfg.prec, cfg.min_vocab, cfg.max_vocab, check=check)
     return Batch(ids, values.flatten(-2), observed.flatten(-2), m, n)
+
+
+def value_at_hidden(batch: Batch, value: float, cfg: DataConfig) -> torch.Tensor:
+    """Input ids [B, T] of `batch` with the token of `value` where MASK was (paper Table 1: a
+    model that only copies then outputs `value` at the hidden entries)."""
+    shape = (-1, batch.m, batch.n)
+    filled = torch.where(batch.observed, batch.target, value).reshape(shape)
+    everywhere = torch.ones_like(batch.observed).reshape(shape)
+    return tokenize(filled, everywhere, cfg.prec, cfg.min_vocab, cfg.max_vocab)
 
 
 def structured_observed(

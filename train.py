@@ -7,9 +7,21 @@
 Each step draws a fresh batch (there is no fixed data set, so the training loss is a test loss),
 predicts every entry, and takes one Adam step on the MSE over all entries (paper Fig. 1/2).
 Every `log_every` steps it logs loss, L_obs, L_mask, the mean |prediction| at hidden entries and an
-eval loss on fresh matrices; the host waits for the GPU only on those steps. Writes to `out_dir`:
-config.yaml, metrics.jsonl, loss.png, step_NNNNNN.pt checkpoints and summary.json (plateau level,
-the step where the drop starts, final losses).
+eval loss on fresh matrices; the host waits for the GPU only on those steps. With `train.progress`
+(on by default) it also logs the hidden progress that precedes the drop (Gopalani & Hu, 2025; an
+extension, not in the matrix-completion paper), on one fixed batch of `num_eval` matrices:
+    att_row, att_col, att_self  [layer][head] share of each head's attention on the query's row,
+                                its column, itself (model.attention_shares, as att_maps.py);
+    collapse                    mean |cosine| between the hidden states of different positions,
+                                after the embeddings and after each layer (representation collapse);
+    copy_mse                    the Table 1 test as one number: the MSE between the output at
+                                hidden entries and COPY_VALUE written there instead of MASK
+                                (≈ 0 for a model that copies its input).
+Writes to `out_dir`: config.yaml, metrics.jsonl, loss.png (losses; with progress also each head's
+share and the collapse), step_NNNNNN.pt checkpoints and summary.json (plateau level, the step
+where the drop starts, final losses, and each head's role with the step it took it on).
+Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint, the summary and the plot, and
+prints the command that resumes the run.
 """
 
 from __future__ import annotations
@@ -17,7 +29,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +42,23 @@ import torch
 from tqdm import tqdm
 
 import utils
-from data import DataConfig, MatrixSampler
-from model import MatrixBert, check_fits
-from modeling_bert import BertConfig
-from utils import UserError, WandbConfig, opt
+from data import DataConfig, MatrixSampler, value_at_hidden
+from model import (
+    ROLE_RULE,
+    MatrixBert,
+    attention_shares,
+    check_fits,
+    head_roles,
+    representation_collapse,
+)
+from modeling_bert import BertConfig, act_name
+from utils import TrainWandbConfig, UserError, opt
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
+COPY_VALUE = 0.44  # the value the copy test writes at hidden entries (paper Table 1's first)
+EARLY_LOGS = 8  # extra logs within the first log_every steps (see TrainSection.logs_at)
 
 
 @dataclass
@@ -42,7 +68,9 @@ class TrainSection:
     num_eval: int = opt(64, "fresh matrices for the eval loss at each logging step")
     lr: float = opt(1e-4, "Adam learning rate (constant; no schedule, clipping or decay)")
     seed: int = opt(0, "seed for initialisation and data")
-    log_every: int = opt(100, "log (and sync with the device) every this many steps")
+    log_every: int = opt(
+        100, "log (and sync with the device) every this many steps, and 8 times before the first"
+    )
     save_every: int = opt(10_000, "checkpoint every this many steps (0: never)")
     save_steps: list[int] = opt([], "extra steps to checkpoint (the analyses' steps)")
     out_dir: str | None = opt(None, "output folder; null: runs/<config stem> in the repo")
@@ -52,6 +80,9 @@ class TrainSection:
     compile_mode: str = opt("default", "torch.compile mode", COMPILE_MODES)
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
     print_example: bool = opt(False, "print one eval matrix (prediction vs truth) per log")
+    progress: bool = opt(
+        True, "also log hidden progress (head shares, collapse, copy test) at each log step"
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "num_eval", "log_every"):
@@ -62,13 +93,23 @@ class TrainSection:
         if self.save_every < 0 or any(s < 1 for s in self.save_steps):
             raise UserError("'train.save_every' must be ≥ 0 and 'train.save_steps' ≥ 1")
 
+    def logs_at(self, step: int) -> bool:
+        """Every `log_every` steps and at the last; and, so that short runs and the quick early
+        fall of L_obs show in the curve, every `log_every // EARLY_LOGS` steps before the first.
+        The rule does not depend on `steps`, so a resumed run logs where an uninterrupted one
+        does."""
+        if step % self.log_every == 0 or step == self.steps:
+            return True
+        early = self.log_every // EARLY_LOGS
+        return early > 0 and step < self.log_every and step % early == 0
+
 
 @dataclass
 class TrainConfig:
     data: DataConfig
     model: BertConfig
     train: TrainSection
-    wandb: WandbConfig
+    wandb: TrainWandbConfig
 
     def finalize(self, config_path: Path | None = None) -> None:
         """Fill derived values: vocabulary size, output folder, run name."""
@@ -115,6 +156,12 @@ class Trainer:
             self.loss_fn = torch.compile(self._loss, mode=t.compile_mode)
         self.step_count = 0
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        # The hidden-progress measures' fixed batch, from a generator of its own: drawing it
+        # changes neither the training data nor the eval batches.
+        self.progress_batch = None
+        if t.progress:
+            batch = MatrixSampler(cfg.data, self.device, seed=t.seed + 2_000_003).sample(t.num_eval)
+            self.progress_batch = (batch, value_at_hidden(batch, COPY_VALUE, cfg.data))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -158,6 +205,29 @@ class Trainer:
         example = (pred[0].view(shape), batch.target[0].view(shape), batch.observed[0].view(shape))
         return {"eval_loss": loss}, example
 
+    @torch.no_grad()
+    def measure_progress(self) -> dict:
+        """The hidden-progress measures (see the module docstring) on the fixed batch, as device
+        tensors: att_row / att_col / att_self [L, H], collapse [L + 1], copy_mse []."""
+        if self.progress_batch is None:
+            return {}
+        batch, copy_ids = self.progress_batch
+        layers = self.cfg.model.num_hidden_layers
+        patterns = [act_name("pattern", i) for i in range(layers)]
+        states = [act_name("embed")] + [act_name("resid_post", i) for i in range(layers)]
+        self.model.eval()
+        with self.autocast():
+            _, cache = self.model.run_with_cache(batch.input_ids, patterns + states)
+            copied = self.model(copy_ids).float()
+        self.model.train()
+        shares = [attention_shares(cache[k], batch.observed, batch.m, batch.n) for k in patterns]
+        hidden = (~batch.observed).float()
+        return {
+            **{f"att_{k}": torch.stack([s[k] for s in shares]) for k in ("row", "col", "self")},
+            "collapse": torch.stack([representation_collapse(cache[k]) for k in states]),
+            "copy_mse": ((copied - COPY_VALUE).square() * hidden).sum() / hidden.sum(),
+        }
+
     def progress(self, record: dict) -> dict:
         """What the progress bar shows after a logging step."""
         return {"loss": f"{record['loss']:.4g}", "L_mask": f"{record['loss_mask']:.4g}"}
@@ -165,8 +235,28 @@ class Trainer:
     def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
         return summarize(records, wall_time, self.cfg, str(self.device))
 
+    def wandb_images(self, step: int) -> dict:
+        """Images W&B shows at checkpoint steps (a slider over steps): the mean attention of every
+        head on the fixed batch."""
+        if self.progress_batch is None:
+            return {}
+        batch, _ = self.progress_batch
+        layers = self.cfg.model.num_hidden_layers
+        names = [act_name("pattern", i) for i in range(layers)]
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            _, cache = self.model.run_with_cache(batch.input_ids, names)
+        self.model.train()
+        pattern = torch.stack([cache[k].float().mean(0) for k in names]).cpu()  # [L, H, T, T]
+        fig = utils.plot_attention_grid(pattern, batch.m, batch.n, f"step {step}")
+        return {"attention": fig}
+
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
-        utils.plot_losses(records, out_dir, summary, title=self.cfg.wandb.name)
+        d = self.cfg.data
+        shape = (d.m, d.n) if not d.sizes else None
+        utils.plot_losses(
+            records, out_dir, summary, self.cfg.wandb.name, shape, final_roles(records)
+        )
 
     def extra_steps(self) -> set[int]:
         """Steps at which `at_extra_step` runs (besides logging and checkpoints)."""
@@ -222,9 +312,23 @@ def checkpoints(out_dir: Path) -> dict[int, Path]:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a jsonl log. A torn last line (a run killed while writing it) is dropped;
+    a bad line anywhere else is an error."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text log (not UTF-8)") from None
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}: line {i + 1} is not a JSON record") from None
+    return records
 
 
 def trim_jsonl(path: Path, step: int) -> list[dict]:
@@ -238,21 +342,34 @@ def trim_jsonl(path: Path, step: int) -> list[dict]:
 def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
     """Create or check the output folder; returns it and the checkpoint to resume from (if any).
 
-    Without `resume`, a folder holding another run's outputs is an error: nothing is overwritten.
+    Without `resume`, a folder holding another run (a checkpoint, a summary or logged steps) is
+    an error: nothing is overwritten. A start that failed before its first log left nothing to
+    protect. With `resume` and no checkpoint the run starts again at step 0.
     """
     out_dir = utils.resolve_path(cfg.train.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"'train.out_dir' {out_dir} is a file, not a folder")
     found = checkpoints(out_dir) if out_dir.is_dir() else {}
+    logged = read_metrics(out_dir / "metrics.jsonl")
     if not cfg.train.resume:
-        clash = list(found.values())[:1] + [
-            p for p in (out_dir / "metrics.jsonl", out_dir / "summary.json") if p.exists()
-        ]
-        if clash:
+        if found or (out_dir / "summary.json").exists():
+            what = list(found.values())[-1].name if found else "summary.json"
             raise UserError(
-                f"{out_dir} already holds a run ({clash[0].name}); pass --train.resume=true to "
+                f"{out_dir} already holds a run ({what}); pass --train.resume=true to "
                 "continue it or choose another --train.out_dir"
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if logged:
+            raise UserError(
+                f"{out_dir} holds a run that logged {len(logged)} steps but saved no checkpoint; "
+                "pass --train.resume=true to start it again from step 0 (its log is replaced) "
+                "or choose another --train.out_dir"
+            )
+    utils.make_dir(out_dir, "train.out_dir")
+    for stale in out_dir.glob(".step_*.pt.tmp*"):  # a save killed half-way
+        stale.unlink()
     if not (cfg.train.resume and found):
+        if cfg.train.resume:
+            print(f"no checkpoint in {out_dir} to resume from; starting at step 0")
         return out_dir, None
     path = found[max(found)]
     ckpt = utils.read_checkpoint(path)
@@ -268,8 +385,62 @@ def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
     return out_dir, ckpt
 
 
+def final_roles(records: list[dict]) -> list[list[str]] | None:
+    """The roles [layer][head] at the last step that logged the head shares (None: never)."""
+    logged = [r for r in records if "att_row" in r]
+    if not logged:
+        return None
+    return head_roles({k: logged[-1][f"att_{k}"] for k in ("row", "col", "self")})
+
+
+def role_counts(record: dict) -> dict:
+    """How many heads are row, column and self heads at this record (for the dashboards)."""
+    if "att_row" not in record:
+        return {}
+    roles = [
+        r
+        for layer in head_roles({k: record[f"att_{k}"] for k in ("row", "col", "self")})
+        for r in layer
+    ]
+    return {f"{role}_heads": roles.count(role) for role in ("row", "column", "self")}
+
+
+def role_changes(records: list[dict]) -> list[dict]:
+    """Each head that ends the run as a row, column or self head (model.ROLE_RULE) and the
+    logged step from which it kept that role to the end."""
+    logged = [
+        (r["step"], head_roles({k: r[f"att_{k}"] for k in ("row", "col", "self")}))
+        for r in records
+        if "att_row" in r
+    ]
+    if not logged:
+        return []
+    last_step, final = logged[-1]
+    out = []
+    for i, layer in enumerate(final):
+        for h, role in enumerate(layer):
+            if role == "other":
+                continue
+            since = last_step
+            for step, roles in reversed(logged):
+                if roles[i][h] != role:
+                    break
+                since = step
+            last = records[-1]
+            out.append(
+                {
+                    "layer": i,
+                    "head": h,
+                    "role": role,
+                    "since_step": since,
+                    **{f"final_{k}": last[f"att_{k}"][i][h] for k in ("row", "col", "self")},
+                }
+            )
+    return out
+
+
 def summarize(records: list[dict], wall_time: float, cfg: TrainConfig, device: str) -> dict:
-    """Plateau, drop and final numbers from the logged curve."""
+    """Plateau, drop and final numbers from the logged curve; the heads' roles."""
     steps = [r["step"] for r in records]
     drop = utils.detect_drop(steps, [r["loss"] for r in records])
     last = records[-1] if records else {}
@@ -290,11 +461,54 @@ def summarize(records: list[dict], wall_time: float, cfg: TrainConfig, device: s
         "device": device,
         "precision": cfg.train.precision,
         "compile": cfg.train.compile,
+        "head_roles": role_changes(records),
+        "role_rule": ROLE_RULE,
+        "final_collapse": last.get("collapse"),
+        "final_copy_mse": last.get("copy_mse"),
     }
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM stopped the run after a checkpoint; the message says how to resume."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict]:
+    """While inside, SIGINT (Ctrl-C) and SIGTERM set `flag["signal"]` instead of killing the
+    process, so the loop can finish its step and save; a second one stops at once."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be set from the main thread
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:  # asked twice: stop now
+            signal.signal(signum, old[signum])
+            signal.raise_signal(signum)
+            return
+        flag["signal"] = signal.Signals(signum).name
+        tqdm.write(f"{flag['signal']}: finishing this step and saving (again to stop at once)")
+
+    for sig in old:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def resume_command() -> str:
+    """The command line that started this process, with --train.resume=true."""
+    args = [a for a in sys.argv[1:] if not a.startswith("--train.resume")]
+    return shlex.join(["python3", sys.argv[0], *args, "--train.resume=true"])
 
 
 def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
@@ -305,12 +519,12 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     """
     t = cfg.train
     metrics_path = out_dir / "metrics.jsonl"
-    records = []
     if resume_from:
         trainer.load_state_dict(resume_from)
-        records = trim_jsonl(metrics_path, trainer.step_count)
-        trainer.on_resume(trainer.step_count, out_dir)
         print(f"resuming from step {trainer.step_count}")
+    # The log holds exactly the steps up to the checkpoint (none for a fresh start).
+    records = trim_jsonl(metrics_path, trainer.step_count)
+    trainer.on_resume(trainer.step_count, out_dir)
     utils.save_config(cfg, out_dir)
     run = utils.init_wandb(cfg.wandb, utils.config_to_dict(cfg), out_dir)
     save_at, extra_at = set(t.save_steps) | {t.steps}, trainer.extra_steps()
@@ -318,13 +532,14 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     start = time.perf_counter()
     last_log = (start, trainer.step_count)
     bar = tqdm(total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, mininterval=1.0)
-    with open(metrics_path, "a") as log:
+    with open(metrics_path, "a") as log, stop_requests() as stop:
         while trainer.step_count < t.steps:
             metrics = trainer.step()
             step = trainer.step_count
             bar.update(1)
-            saving = step in save_at or (t.save_every and step % t.save_every == 0)
-            logging = step % t.log_every == 0 or step == t.steps
+            stopping = stop["signal"] is not None
+            saving = step in save_at or (t.save_every and step % t.save_every == 0) or stopping
+            logging = t.logs_at(step)
             extra = step in extra_at
             if not (saving or logging or extra):
                 continue
@@ -338,7 +553,10 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
             if logging:  # before saving, so the checkpoint holds the eval sampler's next state
                 now = time.perf_counter()
                 evaluated, example = trainer.evaluate()
+                measured = trainer.measure_progress()
                 record = {"step": step, **utils.to_floats({**metrics, **evaluated})}
+                record.update(utils.to_lists(measured))
+                record.update(role_counts(record))
                 record["time"] = elapsed0 + now - start
                 record["steps_per_s"] = (step - last_log[1]) / max(now - last_log[0], 1e-9)
                 last_log = (time.perf_counter(), step)
@@ -349,11 +567,16 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
                 if t.print_example:
                     tqdm.write(f"step {step}\n" + utils.format_matrix(*example))
                 if run is not None:
-                    run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                    run.log(utils.wandb_record(record), step=step)
             if extra:
                 trainer.at_extra_step(step, out_dir, run)
             if saving:
-                utils.save_checkpoint(out_dir / f"step_{step:06d}.pt", trainer.state_dict())
+                path = out_dir / f"step_{step:06d}.pt"
+                utils.save_checkpoint(path, trainer.state_dict())
+                if run is not None:
+                    utils.log_wandb_step(run, cfg.wandb, step, path, trainer.wandb_images(step))
+            if stopping:
+                break
     bar.close()
     summary = trainer.summarize(records, elapsed0 + time.perf_counter() - start, out_dir)
     utils.write_json(out_dir / "summary.json", summary)
@@ -361,7 +584,13 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
         trainer.plot(records, out_dir, summary)
     if run is not None:
         run.summary.update({k: v for k, v in summary.items() if v is not None})
+        utils.log_wandb_files(run, out_dir, ["loss.png"])
         run.finish()
+    if stop["signal"] is not None:
+        raise Interrupted(
+            f"{stop['signal']} at step {trainer.step_count}: saved step_{trainer.step_count:06d}"
+            f".pt, summary.json and loss.png in {out_dir}; continue with: {resume_command()}"
+        )
     return summary
 
 

@@ -39,7 +39,7 @@ import torch
 import train
 import utils
 from model import MatrixBert, check_fits, load_from_section, trained_data_config
-from utils import CkptSection, UserError, WandbConfig, opt
+from utils import CkptSection, TrainWandbConfig, UserError, opt
 
 GROUPS = {  # group -> pattern of the module names it covers (re.fullmatch)
     "token_embeddings": r"backbone\.embeddings\.word_embeddings",
@@ -79,7 +79,7 @@ class TrainEmbedConfig:
     out_dir: str = opt("runs/train_embed", "output folder; each group's run in out_dir/<group>/")
     ckpt: CkptSection = field(default_factory=CkptSection)
     train: LoopSection = field(default_factory=LoopSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: TrainWandbConfig = field(default_factory=TrainWandbConfig)
 
     def __post_init__(self) -> None:
         check_groups(self.groups)

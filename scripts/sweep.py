@@ -4,9 +4,12 @@
         --variant "b64: train.batch_size=64" --variant "lr2e-3: train.lr=2e-3"
 
 Each variant is a name and space-separated overrides of `--base` (default configs/train_tiny.yaml);
-every (variant, seed) is one train.py process writing into OUT/<name>_s<seed>/. A run still going at
-`--time-limit` seconds is stopped; its drop is read from the metrics it logged so far with
-train.py's own detector. Writes OUT/sweep.json and OUT/sweep.md (one row per run).
+every (variant, seed) is one train.py process writing into OUT/<name>_s<seed>/. A run still going
+`--time-limit` seconds after its own start is stopped; with `--stop-after-drop K`, so is a run whose
+loss has stayed below plateau / 3 (train.py's detector: the drop has ended) for K steps. The drop
+is read from the metrics each run logged with train.py's own detector. Writes OUT/sweep.json and
+OUT/sweep.md (one row per run). Machines with W&B access can use the sweep files in
+configs/sweeps/ instead.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--variant", action="append", default=[], help="'name: key=value key=value'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed values")
-    p.add_argument("--time-limit", type=float, default=300, help="seconds before runs are stopped")
+    p.add_argument("--time-limit", type=float, default=300, help="seconds before a run is stopped")
+    p.add_argument(
+        "--stop-after-drop",
+        type=int,
+        default=None,
+        help="stop a run this many steps after its drop has ended (default: never)",
+    )
     p.add_argument("--parallel", type=int, default=8, help="processes at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     return p.parse_args(argv)
@@ -57,6 +66,15 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
     }
 
 
+def completed_for(run_dir: Path) -> int | None:
+    """Steps logged since the drop ended (train.py's detector), or None before a drop."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    if drop["drop_end_step"] is None:
+        return None
+    return records[-1]["step"] - drop["drop_end_step"]
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -70,19 +88,24 @@ def main(args: argparse.Namespace) -> list[dict]:
             cmd += [f"--train.seed={seed}", f"--train.out_dir={run_dir}", "--train.save_steps=[]"]
             jobs.append((name.strip(), seed, run_dir, cmd))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    start = time.time()
     pending, running, rows = list(jobs), [], []
+    checked = time.time()
     while pending or running:
         while pending and len(running) < args.parallel:
             name, seed, run_dir, cmd = pending.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
             log = open(run_dir / "log.txt", "w")  # noqa: SIM115  closed when the process ends
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((name, seed, run_dir, proc, log))
+            running.append((name, seed, run_dir, proc, log, time.time()))
         time.sleep(1)
+        check_drop = args.stop_after_drop is not None and time.time() - checked > 30
+        checked = time.time() if check_drop else checked
         for job in list(running):
-            name, seed, run_dir, proc, log = job
-            over = time.time() - start > args.time_limit
+            name, seed, run_dir, proc, log, started = job
+            over = time.time() - started > args.time_limit
+            if check_drop and not over and proc.poll() is None:
+                done = completed_for(run_dir)
+                over = done is not None and done >= args.stop_after_drop
             if proc.poll() is None and not over:
                 continue
             if proc.poll() is None:

@@ -167,11 +167,14 @@ def test_training_loss_falls_and_writes_every_output(gpt_run):
     for name in names:
         assert (out_dir / name).is_file(), name
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    # every log_every (10) steps, and every 10 // 8 = 1 step before the first of those
+    assert [r["step"] for r in records] == [*range(1, 10), 10, 20, 30, 40]
     keys = ["loss", "loss_obs", "loss_mask", "eval_loss", "acc", "acc_obs", "acc_mask", "mse_mask"]
     assert all(math.isfinite(r[k]) for r in records for k in keys)
-    assert records[0]["loss"] < math.log(405)  # below the uniform guess
-    assert records[-1]["loss"] < records[0]["loss"] - 0.3
+    at_10 = next(r for r in records if r["step"] == 10)
+    assert at_10["loss"] < math.log(405)  # below the uniform guess
+    assert records[-1]["loss"] < at_10["loss"] - 0.3
+    assert all(len(r["copy_score"]) == 2 for r in records)  # hidden progress, every log
     assert all(0.0 <= r[k] <= 1.0 for r in records for k in ("acc", "acc_obs", "acc_mask"))
     saved = json.loads((out_dir / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary)) and saved["final_step"] == 40

@@ -45,7 +45,7 @@ import utils
 from data import Batch, DataConfig, MatrixSampler
 from src.gpt.data import build_sequences, context_length, decode, value_id_range, vocab_size
 from src.gpt.model import GPT, GPTConfig, act_name, generate
-from utils import UserError, WandbConfig, opt
+from utils import TrainWandbConfig, UserError, opt
 
 
 @dataclass
@@ -66,7 +66,7 @@ class GPTTrainConfig:
     data: DataConfig
     model: GPTConfig
     train: GPTTrainSection
-    wandb: WandbConfig
+    wandb: TrainWandbConfig
 
     def finalize(self, config_path: Path | None = None) -> None:
         """Fill derived values: vocabulary and context size, output folder, run name."""
@@ -202,6 +202,17 @@ class GPTTrainer(bert_train.Trainer):
 
     def on_resume(self, step: int, out_dir: Path) -> None:
         bert_train.trim_jsonl(out_dir / "attention.jsonl", step)
+
+    @torch.no_grad()
+    def measure_progress(self) -> dict:
+        """The GPT's hidden progress at every log step: each head's copy score [L, H] on the
+        attention maps' fixed matrices (the BERT's row/column shares do not apply here)."""
+        if not self.cfg.train.progress:
+            return {}
+        return {"copy_score": copy_scores(*self.attention())}
+
+    def wandb_images(self, step: int) -> dict:
+        return {}  # the GPT draws its maps at attn_map_steps (at_extra_step)
 
     @torch.no_grad()
     def attention(self) -> tuple[torch.Tensor, torch.Tensor]:
