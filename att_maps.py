@@ -11,7 +11,8 @@ Masks (`att_maps.mask`):
     none  every matrix gets its own random mask (each entry hidden with probability p_mask);
     row   one mask for the whole batch: rows `hidden_lines` are hidden, except the entry at
           column `keep_at[k]` of hidden row k (the authors' example: rows 3 and 6, keeping (3, 1)
-          and (6, 5), 0-based);
+          and (6, 5), 0-based; null takes that example scaled to the matrix: rows m//2 and m − 1,
+          keeping columns 1 and n − 2);
     col   the same with columns: column `hidden_lines[k]` is hidden except row `keep_at[k]`.
 A structured mask is drawn beside the maps.
 
@@ -23,12 +24,19 @@ attention that goes to
     observed  observed positions (itself included when observed),
     hidden    hidden positions (observed + hidden = 1),
 averaged over query positions and matrices. Uniform attention would give (n−1)/T, (m−1)/T, 1/T and
-the fraction observed (the `chance` row). The paper's claim, on a post-drop checkpoint: (layer 2,
-head 1) attends within rows and (layer 2, head 2) within columns, 1-based; `att_maps.row_head` and
-`att_maps.col_head` name those heads 0-based and the script prints their shares.
+the fraction observed (the `chance` row). Each head gets a role by model.ROLE_RULE: row, column or
+self when more than half of its attention goes there, otherwise other.
 
-Writes to `out_dir`: att_maps_stepNNNNNN.png/.pdf (one grid per checkpoint; layers and heads
-1-based on the figure), heads.md (the shares, 0-based), summary.json and config.yaml.
+The paper's claim, on a post-drop checkpoint: (layer 2, head 1) attends within rows and (layer 2,
+head 2) within columns, 1-based. Heads are interchangeable at initialisation, so in another run
+those indices are arbitrary heads: the script reports the row and column heads this model has, by
+role, and, separately, the shares of the heads the authors name (`att_maps.row_head`,
+`att_maps.col_head`, 0-based; their indices, kept for comparison).
+
+Writes to `out_dir`: att_maps_stepNNNNNN.png/.pdf (one grid per checkpoint, one colour scale, the
+role of each head marked; layers and heads 1-based on the figure), heads.md (shares and roles,
+0-based), summary.json (with each checkpoint's mean pattern, the figure's numbers) and
+config.yaml. `scripts/redraw.py` redraws the figures from summary.json.
 """
 
 from __future__ import annotations
@@ -39,30 +47,41 @@ from pathlib import Path
 import torch
 
 import utils
-from data import Batch, MatrixSampler, structured_observed
+from data import MatrixSampler, structured_observed
 from model import (
-    MatrixBert,
+    ROLE_RULE,
+    ROLES,
+    SHARES,
     analysis_data_config,
-    batch_losses,
+    attention_summary,
+    chance_shares,
+    check_heads,
     checkpoint_path,
+    heads_with_role,
     load_from_section,
 )
-from modeling_bert import act_name, check_heads
-from utils import AnalysisData, StepsCkptSection, UserError, opt
+from utils import AnalysisData, StepsCkptSection, UserError, WandbConfig, opt
 
 MASKS = ("none", "row", "col")
-SHARES = ("row", "col", "self", "observed", "hidden")
 
 
 @dataclass
 class AttMapsSection:
     mask: str = opt("none", "none: random masks; row / col: one structured mask for all", MASKS)
-    hidden_lines: list[int] = opt([3, 6], "row/col masks: the rows (or columns) hidden, 0-based")
-    keep_at: list[int] = opt(
-        [1, 5], "row/col masks: per hidden line, the column (or row) kept observed; []: none"
+    hidden_lines: list[int] | None = opt(
+        None, "row/col masks: the rows (or columns) hidden, 0-based; null: m//2 and m − 1"
     )
-    row_head: list[int] = opt([1, 0], "[layer, head], 0-based, said to attend within rows")
-    col_head: list[int] = opt([1, 1], "[layer, head], 0-based, said to attend within columns")
+    keep_at: list[int] | None = opt(
+        None,
+        "row/col masks: per hidden line, the column (or row) kept observed; []: none; "
+        "null: 1 and n − 2",
+    )
+    row_head: list[int] = opt(
+        [1, 0], "[layer, head], 0-based, the authors' row head; []: do not report"
+    )
+    col_head: list[int] = opt(
+        [1, 1], "[layer, head], 0-based, the authors' column head; []: do not report"
+    )
 
 
 @dataclass
@@ -73,6 +92,7 @@ class Config:
     ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     att_maps: AttMapsSection = field(default_factory=AttMapsSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +105,11 @@ def mask_pattern(section: AttMapsSection, m: int, n: int) -> torch.Tensor | None
         return None
     along, across = (m, n) if section.mask == "row" else (n, m)
     lines, keep = section.hidden_lines, section.keep_at
+    default = sorted({along // 2, along - 1})  # the authors' 7×7 example, 3 and 6, scaled
+    if lines is None:
+        lines = default
+    if keep is None:
+        keep = [1 % across, (across - 2) % across][: len(lines)] if lines == default else []
     for i in lines:
         if not 0 <= i < along:
             raise UserError(f"'att_maps.hidden_lines' has {i}, outside 0..{along - 1}")
@@ -98,85 +123,32 @@ def mask_pattern(section: AttMapsSection, m: int, n: int) -> torch.Tensor | None
     return structured_observed(m, n, hidden_cols=lines, keep=list(zip(keep, lines)))
 
 
-def attention_shares(
-    pattern: torch.Tensor, observed: torch.Tensor, m: int, n: int
-) -> dict[str, torch.Tensor]:
-    """Per head [H], the share of a query's attention to its row, column, itself, observed and
-    hidden keys, averaged over queries and the batch. `pattern` [B, H, T, T] (rows sum to 1),
-    `observed` [B, T] with T = m·n row-major."""
-    t = m * n
-    pos = torch.arange(t, device=pattern.device)
-    same_row = pos[:, None] // n == pos[None, :] // n
-    same_col = pos[:, None] % n == pos[None, :] % n
-    eye = torch.eye(t, dtype=torch.bool, device=pattern.device)
-    p = pattern.float()
-    obs = observed.to(p.dtype)
-    to_obs = torch.einsum("bhqk,bk->bhq", p, obs)
-    per_query = {
-        "row": (p * (same_row & ~eye)).sum(-1),
-        "col": (p * (same_col & ~eye)).sum(-1),
-        "self": p.diagonal(dim1=-2, dim2=-1),
-        "observed": to_obs,
-        "hidden": p.sum(-1) - to_obs,
-    }
-    return {k: v.mean(dim=(0, 2)) for k, v in per_query.items()}
-
-
-def chance_shares(m: int, n: int, observed_fraction: float) -> dict[str, float]:
-    """What uniform attention (1/T to every key) would score."""
-    t = m * n
-    return {
-        "row": (n - 1) / t,
-        "col": (m - 1) / t,
-        "self": 1 / t,
-        "observed": observed_fraction,
-        "hidden": 1 - observed_fraction,
-    }
-
-
 # ----------------------------------------------------------------------------------------------
-# Running a checkpoint
+# Per checkpoint: shares, roles, the authors' heads
 
 
-@torch.no_grad()
-def mean_patterns(model: MatrixBert, batches: list[Batch], m: int, n: int) -> dict:
-    """Mean pattern [L, H, T, T], the shares per layer and head, and the model's losses."""
-    layers = model.config.num_hidden_layers
-    names = [act_name("pattern", i) for i in range(layers)]
-    total = None
-    shares = {k: torch.zeros(layers, model.config.num_attention_heads) for k in SHARES}
-    preds = []
-    count = 0
-    for batch in batches:
-        pred, cache = model.run_with_cache(batch.input_ids, names)
-        preds.append(pred)
-        summed = torch.stack([cache[name].float().sum(0) for name in names])  # [L, H, T, T]
-        total = summed if total is None else total + summed
-        b = batch.input_ids.shape[0]
-        for i, name in enumerate(names):
-            for k, v in attention_shares(cache[name], batch.observed, m, n).items():
-                shares[k][i] += b * v.cpu()
-        count += b
-    observed = torch.cat([b.observed for b in batches])
-    return {
-        "pattern": (total / count).cpu(),
-        "shares": {k: v / count for k, v in shares.items()},
-        "losses": batch_losses(preds, batches),
-        "observed_fraction": observed.float().mean().item(),
-    }
-
-
-def head_rows(step: int, shares: dict[str, torch.Tensor]) -> list[dict]:
+def head_rows(step: int, shares: dict[str, torch.Tensor], roles: list[list[str]]) -> list[dict]:
     layers, heads = shares["row"].shape
     return [
-        {"step": step, "layer": i, "head": h, **{k: float(shares[k][i, h]) for k in SHARES}}
+        {
+            "step": step,
+            "layer": i,
+            "head": h,
+            **{k: float(shares[k][i, h]) for k in SHARES},
+            "role": roles[i][h],
+        }
         for i in range(layers)
         for h in range(heads)
     ]
 
 
+def by_role(roles: list[list[str]]) -> dict[str, list[list[int]]]:
+    """{role: [[layer, head], ...]} (0-based) for the row, column and self heads."""
+    return {r: [list(p) for p in heads_with_role(roles, r)] for r in ROLES if r != "other"}
+
+
 def claim_numbers(shares: dict, chance: dict, row_head, col_head) -> dict:
-    """The row and column shares of the heads the paper names, beside chance."""
+    """The row and column shares of the heads the authors name (their indices), beside chance."""
     out = {}
     for key, pair in (("row_head", row_head), ("col_head", col_head)):
         if pair is None:
@@ -194,85 +166,48 @@ def claim_numbers(shares: dict, chance: dict, row_head, col_head) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Figure
+# Figures, from the summary alone (scripts/redraw.py uses this too)
 
 
-def plot_grid(
-    pattern: torch.Tensor,
-    n: int,
-    observed: torch.Tensor | None,
-    title: str,
-    out_dir: Path,
-    stem: str,
-) -> list[Path]:
-    """The layers × heads grid of mean patterns (1-based labels), the structured mask beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers, heads, t, _ = pattern.shape
-    extra = 1 if observed is not None else 0
-    with plt.rc_context({**utils.plot_style(), "axes.grid": False}):
-        fig, axes = plt.subplots(
-            layers,
-            heads + extra,
-            figsize=(1.9 * (heads + extra), 1.9 * layers + 0.8),
-            squeeze=False,
+def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """One grid per checkpoint of summary.json: (files written, notes on what was not drawn)."""
+    paths, notes = [], []
+    observed = summary.get("observed_pattern")
+    observed = torch.tensor(observed, dtype=torch.bool) if observed is not None else None
+    for c in summary["checkpoints"]:
+        if c.get("mean_pattern") is None:
+            notes.append(f"step {c['step']}: the mean pattern was not saved; figure left as is")
+            continue
+        fig = utils.plot_attention_grid(
+            torch.tensor(c["mean_pattern"]),
+            c["m"],
+            c["n"],
+            f"step {c['step']}, {c['m']}×{c['n']} matrices, mask: {summary['mask']}",
+            observed,
+            c.get("roles"),
         )
-        for i in range(layers):
-            for h in range(heads):
-                ax = axes[i, h]
-                ax.imshow(pattern[i, h].numpy(), cmap="viridis", interpolation="nearest")
-                for edge in range(n, t, n):  # row boundaries of the matrix
-                    ax.axhline(edge - 0.5, color="w", lw=0.3, alpha=0.5)
-                    ax.axvline(edge - 0.5, color="w", lw=0.3, alpha=0.5)
-                ax.set_xticks([0, t - 1])
-                ax.set_yticks([0, t - 1])
-                ax.tick_params(
-                    labelsize=7, top=True, labeltop=True, bottom=False, labelbottom=False
-                )
-                if i == 0:
-                    ax.set_title(f"head {h + 1}", pad=14)
-                if h == 0:
-                    ax.set_ylabel(f"layer {i + 1}")
-            if extra:
-                axes[i, heads].axis("off")
-        if observed is not None:
-            ax = axes[0, heads]
-            ax.axis("on")
-            ax.imshow(observed.float().numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title("mask (white = observed)", fontsize=8, pad=14)
-            ax.set_xticks(range(observed.shape[1]))
-            ax.set_yticks(range(observed.shape[0]))
-            ax.tick_params(labelsize=6)
-            ax.set_xlabel("column (0-based, as in the config)", fontsize=6)
-            ax.set_ylabel("row (0-based)", fontsize=6)
-        fig.suptitle(
-            f"{title}\nmean attention pattern (query ↓, key →; positions i·n + j, 0-based); "
-            "layers and heads numbered from 1 as in the paper; each panel on its own colour scale",
-            fontsize=9,
-        )
-        fig.tight_layout()
-        paths = utils.save_figure(fig, out_dir, stem, pdf=True)
-        plt.close(fig)
-    return paths
+        paths += utils.save_figure(fig, out_dir, f"att_maps_step{c['step']:06d}", pdf=True)
+        utils.close_figure(fig)
+    return paths, notes
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def print_shares(step: int, shares: dict, losses: dict) -> None:
+def print_shares(step: int, shares: dict, roles: list[list[str]], losses: dict) -> None:
     layers, heads = shares["row"].shape
     fmt = {k: "—" if v is None else f"{v:.4g}" for k, v in losses.items()}
     print(
         f"step {step}: MSE all {fmt['loss']}, observed {fmt['loss_obs']}, hidden {fmt['loss_mask']}"
     )
-    print("  row/col shares, layer × head (0-based)")
-    print("  layer " + " ".join(f"{h:>9}" for h in range(heads)))
+    print("  row/col shares and role (r, c, s: row, column, self head), layer × head (0-based)")
+    print("  layer " + " ".join(f"{h:>11}" for h in range(heads)))
     for i in range(layers):
         cells = " ".join(
-            f"{shares['row'][i, h]:.2f}/{shares['col'][i, h]:.2f}" for h in range(heads)
+            f"{shares['row'][i, h]:.2f}/{shares['col'][i, h]:.2f} {roles[i][h][0]}"
+            if roles[i][h] != "other"
+            else f"{shares['row'][i, h]:.2f}/{shares['col'][i, h]:.2f}  "
+            for h in range(heads)
         )
         print(f"  {i:>5}  {cells}")
 
@@ -283,7 +218,7 @@ def main(cfg: Config) -> dict:
     sections = cfg.ckpt.sections()
     for one in sections:  # every checkpoint exists before anything is loaded
         checkpoint_path(one)
-    loaded = []  # every checkpoint loaded and checked against the config before anything is written
+    loaded = []  # every input loaded and checked before anything is written
     for one in sections:
         model, ckpt = load_from_section(one, device)
         row_head, col_head = (
@@ -291,56 +226,70 @@ def main(cfg: Config) -> dict:
             for key, pair in (("row_head", section.row_head), ("col_head", section.col_head))
         )
         data_cfg = analysis_data_config(ckpt, cfg.data, model)
-        loaded.append((one, model, ckpt, data_cfg, row_head, col_head))
+        observed = mask_pattern(section, data_cfg.m, data_cfg.n)
+        loaded.append((one, model, ckpt, data_cfg, observed, row_head, col_head))
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
-    summary: dict = {"mask": section.mask, "checkpoints": []}
+    summary: dict = {"mask": section.mask, "role_rule": ROLE_RULE, "checkpoints": []}
     table = []
-    for one, model, ckpt, data_cfg, row_head, col_head in loaded:
+    for one, model, ckpt, data_cfg, observed, row_head, col_head in loaded:
         m, n = data_cfg.m, data_cfg.n
-        observed = mask_pattern(section, m, n)
         utils.seed_everything(cfg.seed)
         sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
         batches = sampler.sample_many(
             cfg.data.num_samples, cfg.data.batch_size, m, n, observed=observed
         )
-        result = mean_patterns(model, batches, m, n)
+        result = attention_summary(model, batches, mean_pattern=True)
         step = int(ckpt.get("step", one.step or 0))
         chance = chance_shares(m, n, result["observed_fraction"])
-        claim = claim_numbers(result["shares"], chance, row_head, col_head)
-        rows = head_rows(step, result["shares"])
+        shares, roles = result["shares"], result["roles"]
+        claim = claim_numbers(shares, chance, row_head, col_head)
+        rows = head_rows(step, shares, roles)
         table += rows
         summary["checkpoints"].append(
-            {"step": step, **result["losses"], "chance": chance, "claim": claim, "heads": rows}
+            {
+                "step": step,
+                "m": m,
+                "n": n,
+                **result["losses"],
+                "chance": chance,
+                "heads_by_role": by_role(roles),
+                "roles": roles,
+                "authors_heads": claim,
+                "heads": rows,
+                "mean_pattern": [
+                    [[[round(v, 5) for v in q] for q in h] for h in layer]
+                    for layer in result["pattern"].tolist()
+                ],
+            }
         )
         if observed is not None:
             summary["observed_pattern"] = observed.int().tolist()
-        plot_grid(
-            result["pattern"],
-            n,
-            observed,
-            f"step {step}, {m}×{n} matrices, mask: {section.mask}",
-            out_dir,
-            f"att_maps_step{step:06d}",
+        print_shares(step, shares, roles, result["losses"])
+        found = by_role(roles)
+        print(
+            "  by role (0-based [layer, head]): "
+            + "; ".join(f"{r} heads {found[r] or 'none'}" for r in ("row", "column", "self"))
         )
-        print_shares(step, result["shares"], result["losses"])
         for key, c in claim.items():
             kind = "rows" if key == "row_head" else "columns"
             print(
-                f"  layer {c['layer'] + 1} head {c['head'] + 1} (1-based), said to attend within "
-                f"{kind}: row {c['row']:.3f} (chance {c['chance_row']:.3f}), "
+                f"  the authors' layer {c['layer'] + 1} head {c['head'] + 1} (1-based), theirs "
+                f"within {kind}: row {c['row']:.3f} (chance {c['chance_row']:.3f}), "
                 f"col {c['col']:.3f} (chance {c['chance_col']:.3f})"
             )
+    draw_figures(summary, out_dir)
     chance_rows = [
-        {"step": c["step"], "layer": "chance", "head": "—", **c["chance"]}
+        {"step": c["step"], "layer": "chance", "head": "—", **c["chance"], "role": "—"}
         for c in summary["checkpoints"]
     ]
     text = (
         "Share of each query's attention to other positions in its row, its column, itself, and "
-        "to observed / hidden keys, averaged over queries and matrices. Layers and heads 0-based "
-        "(the paper's layer 2 head 1 is layer 1 head 0). `chance`: uniform attention.\n\n"
-        + utils.markdown_table(table + chance_rows, ["step", "layer", "head", *SHARES])
+        "to observed / hidden keys, averaged over queries and matrices, and each head's role "
+        f"({ROLE_RULE}). Layers and heads 0-based (the paper's layer 2 head 1 is layer 1 head "
+        "0). `chance`: uniform attention.\n\n"
+        + utils.markdown_table(table + chance_rows, ["step", "layer", "head", *SHARES, "role"])
     )
-    utils.write_results(out_dir, summary, {"heads.md": text})
+    utils.write_results(out_dir, summary, {"heads.md": text}, cfg, "att_maps")
     print(f"outputs in {out_dir}")
     return summary
 

@@ -10,7 +10,8 @@ the same matrices, and reports the MSE of each over all, observed and hidden ent
 nuclear norm of the BERT's predicted matrix, of the minimiser and of the true matrix. The paper
 finds the BERT's MSE below the minimiser's at the training p_mask.
 Writes config.yaml, summary.json (every number, and the solver's time), table.md and
-compare_nuc_bert.png/.pdf (MSE and nuclear norm against p_mask, log scale).
+compare_nuc_bert.png/.pdf (MSE on a log scale and the nuclear norm against p_mask, the
+training p_mask marked).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,7 +27,10 @@ import cvx_nuc_norm
 import utils
 from data import Batch, MatrixSampler
 from model import MatrixBert, analysis_data_config, load_from_section, predict
-from utils import AnalysisData, CkptSection, UserError, opt
+from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 P_MASKS = [round(0.10 + 0.05 * i, 2) for i in range(11)]
 
@@ -50,6 +55,7 @@ class CompareConfig:
     ckpt: CkptSection = field(default_factory=CkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     compare: CompareSection = field(default_factory=CompareSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
         if self.data.p_mask is not None:
@@ -80,16 +86,31 @@ def compare_batch(
     return row
 
 
-def plot(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """Two panels against p_mask, log scale: MSE (all and hidden entries) and nuclear norm."""
+def figure_title(summary: dict) -> str:
+    """What the figure shows and on which checkpoint; the data's shape where it was saved."""
+    shape = ""
+    if all(k in summary for k in ("m", "n", "rank")):
+        shape = f"{summary['m']}×{summary['n']} rank {summary['rank']}, "
+    return (
+        f"BERT (step {summary['step']}) vs nuclear-norm minimisation: "
+        f"{shape}{summary['num_samples']} matrices per p_mask"
+    )
+
+
+def plot(summary: dict) -> Figure:
+    """Two panels against p_mask: MSE over all and hidden entries (log scale) and the mean nuclear
+    norm (linear: it spans a few percent); the checkpoint's training p_mask marked on both
+    (where summary.json has it: runs before it was saved lack `train_p_mask`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = summary["rows"]
     p = [r["p_mask"] for r in rows]
+    train_p = summary.get("train_p_mask")
     with plt.rc_context(utils.plot_style()):
-        fig, (ax_mse, ax_norm) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+        fig, (ax_mse, ax_norm) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
         for who, label, color in (("bert", "BERT", "C0"), ("nuc", "nuclear-norm min.", "C3")):
             ax_mse.plot(p, [r[f"{who}_loss"] for r in rows], "o-", color=color, label=label)
             ax_mse.plot(
@@ -102,14 +123,30 @@ def plot(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
             )
             ax_norm.plot(p, [r[f"{who}_norm"] for r in rows], "o-", color=color, label=label)
         ax_norm.plot(p, [r["true_norm"] for r in rows], ":", color="0.4", label="true matrix")
-        ax_mse.set(xlabel="p_mask", ylabel="MSE", yscale="log", title="MSE (solid: all entries)")
-        ax_norm.set(xlabel="p_mask", ylabel="mean nuclear norm", yscale="log", title="nuclear norm")
-        ax_mse.legend(fontsize=8)
-        ax_norm.legend(fontsize=8)
-        fig.suptitle(title)
-        paths = utils.save_figure(fig, out_dir, "compare_nuc_bert", pdf=True)
-        plt.close(fig)
-    return paths
+        for ax in (ax_mse, ax_norm):
+            if train_p is not None:
+                label = f"training p_mask ({train_p:g})"
+                ax.axvline(train_p, color="0.2", ls="--", lw=1, label=label)
+            ax.set_xlabel("p_mask (probability an entry is hidden)")
+            ax.legend(fontsize=9)
+        ax_mse.set(ylabel="MSE", yscale="log", title="MSE (solid: all entries; dashed: hidden)")
+        ax_norm.set(ylabel="mean nuclear norm of the matrix", title="nuclear norm (linear axis)")
+        fig.suptitle(figure_title(summary))
+    return fig
+
+
+def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """compare_nuc_bert.png/.pdf from summary.json's numbers alone (scripts/redraw.py uses it too).
+    Returns the files written and, per figure drawn without some of its numbers, what is missing."""
+    import matplotlib.pyplot as plt
+
+    missing = []
+    if summary.get("train_p_mask") is None:
+        missing.append("compare_nuc_bert.png: no training-p_mask marker (train_p_mask not saved)")
+    fig = plot(summary)
+    paths = utils.save_figure(fig, out_dir, "compare_nuc_bert", pdf=True)
+    plt.close(fig)
+    return paths, missing
 
 
 def main(cfg: CompareConfig) -> dict:
@@ -129,12 +166,12 @@ def main(cfg: CompareConfig) -> dict:
             }
         )
     step = ckpt.get("step")
-    title = (
-        f"step {step}: {data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, "
-        f"{cfg.data.num_samples} matrices per point"
-    )
     summary = {
         "step": step,
+        "m": data_cfg.m,
+        "n": data_cfg.n,
+        "rank": data_cfg.rank,
+        "train_p_mask": data_cfg.p_mask,
         "num_samples": cfg.data.num_samples,
         "solver": cfg.compare.solver,
         "num_problems": cfg.data.num_samples * len(rows),
@@ -142,12 +179,13 @@ def main(cfg: CompareConfig) -> dict:
         "solver_cpu_s": sum(r["solver_cpu_s"] for r in rows),
         "unsolved": sum(r["unsolved"] for r in rows),
         "rows": rows,
-        "figures": [p.name for p in plot(rows, out_dir, title)],
     }
+    summary["figures"] = [p.name for p in draw_figures(summary, out_dir)[0]]
+    title = figure_title(summary)
     columns = ["p_mask", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
     columns += ["bert_loss_mask", "nuc_loss_mask", "bert_norm", "nuc_norm", "true_norm", "unsolved"]
     table = utils.markdown_table(rows, columns)
-    utils.write_results(out_dir, summary, {"table.md": table})
+    utils.write_results(out_dir, summary, {"table.md": table}, cfg, "compare_nuc_bert")
     print(title)
     print(table, end="")
     print(

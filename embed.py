@@ -4,7 +4,8 @@
     python3 embed.py --config configs/embed.yaml --exp_type=pos_tsne --ckpt.step=20000
 
 `exp_type` picks one experiment; each writes into `out_dir/<exp_type>/` its resolved config.yaml,
-summary.json (every number it prints), table.md and its figures (PNG, and PDF for the paper's):
+summary.json (every number it prints; under `figure`, the points its figures show, so that
+scripts/redraw.py can redraw them), table.md and its figures (PNG, and PDF for the paper's):
 
   token_norm      ℓ2 norm of each value token's embedding against its value, over
                   [embed.value_min, embed.value_max] (Fig. 7). Checks: corr(norm(v), norm(−v))
@@ -28,9 +29,11 @@ with data.tokenize from the checkpoint's data config; m, n default to the checkp
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,7 +43,10 @@ import utils
 from data import DataConfig, MatrixSampler
 from model import MatrixBert, analysis_data_config, evaluate, load_from_section
 from train import checkpoints
-from utils import LOSSES, AnalysisData, CkptSection, UserError, opt
+from utils import LOSSES, AnalysisData, CkptSection, UserError, WandbConfig, opt
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 EXP_TYPES = (
     "token_norm",
@@ -88,6 +94,7 @@ class EmbedConfig:
     ckpt: EmbedCkpt = field(default_factory=EmbedCkpt)
     data: AnalysisData = field(default_factory=AnalysisData)
     embed: EmbedSection = field(default_factory=EmbedSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
         check_exp_type(self.exp_type)
@@ -246,7 +253,11 @@ def permuted_positions(model: MatrixBert, perm: torch.Tensor) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots
+# Plots. Every figure is drawn from the experiment's summary alone (`figure` holds its points),
+# so that scripts/redraw.py can redraw it; layers, rows and columns 1-based, positions 0-based.
+
+MAX_COLUMNS = 4  # panels per row, so a figure of many checkpoints stays legible at page width
+MARKERS = "osD^vP*Xh<>p"  # one shape per row / column group, on top of its colour
 
 
 def _pyplot():
@@ -258,84 +269,309 @@ def _pyplot():
     return plt
 
 
-def plot_curve(x, y, xlabel: str, ylabel: str, title: str, out_dir: Path, stem: str, xticks=None):
-    """One line plot, PNG and PDF."""
+def rounded(x: np.ndarray) -> list:
+    """An array as nested lists of floats with 6 significant digits (summary.json's `figure`)."""
+    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(x)).tolist()
+
+
+def _panel_grid(plt, k: int, share: bool = False, size: tuple = (3.4, 3.1)):
+    """k panels in rows of at most MAX_COLUMNS; returns (figure, the k axes)."""
+    cols = min(k, MAX_COLUMNS)
+    rows = -(-k // cols)
+    size = (4.6, 3.8) if k == 1 else size
+    fig, axs = plt.subplots(
+        rows,
+        cols,
+        figsize=(size[0] * cols + 1.8, size[1] * rows + 1.0),
+        squeeze=False,
+        sharex=share,
+        sharey=share,
+        layout="constrained",
+    )
+    for ax in axs.flat[k:]:
+        ax.set_visible(False)
+    for ax in axs.flat[:k]:
+        ax.tick_params(labelbottom=True, labelleft=True)  # shared axes hide them by default
+    return fig, list(axs.flat[:k])
+
+
+def _suptitle(fig, text: str) -> None:
+    """The figure's title, wrapped to the figure's width (a one-panel figure is narrow)."""
+    fig.suptitle(textwrap.fill(text, width=int(fig.get_figwidth() * 9)))
+
+
+def plot_curve(x, y, xlabel: str, ylabel: str, title: str, xticks=None) -> Figure:
+    """One line plot."""
     plt = _pyplot()
     with plt.rc_context(utils.plot_style()):
-        fig, ax = plt.subplots(figsize=(5, 3.6))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         ax.plot(x, y, lw=1.4)
         if xticks is not None:
             ax.set_xticks(xticks)
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-        utils.save_figure(fig, out_dir, stem, pdf=True)
-        plt.close(fig)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(title, fontsize=10)
+    return fig
 
 
-def _scatter_groups(ax, coords: np.ndarray, groups: np.ndarray, labels: list[str], cmap) -> None:
-    colors = cmap(np.linspace(0, 1, len(labels)))
-    for g, label in enumerate(labels):
-        sel = groups == g
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=14, color=colors[g], label=label)
-
-
-def plot_panels(
+def plot_scatter_panels(
     panels: list[tuple[str, np.ndarray]],
     groups: np.ndarray,
     labels: list[str],
-    out_dir: Path,
-    stem: str,
     *,
+    title: str,
     axes_labels: tuple[str, str],
     legend_title: str,
-    cmap_name: str = "viridis",
+    ordered: bool,
     share: bool = False,
-) -> None:
-    """One scatter per panel (title, coords [N, 2]), coloured by `groups`, one shared legend."""
+) -> Figure:
+    """One scatter per panel (title, coords [N, 2]), at most MAX_COLUMNS a row, coloured by
+    `groups`, one legend. Ordered groups (value bins) get a sequential colour map; unordered ones
+    (rows, columns) a qualitative palette and a marker shape each."""
     plt = _pyplot()
+    k = len(labels)
+    if ordered:
+        colors = plt.get_cmap("viridis")(np.linspace(0, 1, k))
+    else:
+        colors = plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k) % 20)
     with plt.rc_context(utils.plot_style()):
-        k = len(panels)
-        fig, axs = plt.subplots(
-            1, k, figsize=(3.6 * k + 1.4, 3.6), squeeze=False, sharex=share, sharey=share
-        )
-        for ax, (title, coords) in zip(axs[0], panels):
-            _scatter_groups(ax, coords, groups, labels, plt.get_cmap(cmap_name))
-            ax.set(title=title, xlabel=axes_labels[0], ylabel=axes_labels[1])
+        fig, axes = _panel_grid(plt, len(panels), share)
+        for ax, (panel_title, coords) in zip(axes, panels):
+            coords = np.asarray(coords)
+            for g, label in enumerate(labels):
+                sel = groups == g
+                marker = "o" if ordered else MARKERS[g % len(MARKERS)]
+                ax.scatter(*coords[sel].T, s=18, color=colors[g], marker=marker, label=label)
+            ax.set(title=panel_title, xlabel=axes_labels[0], ylabel=axes_labels[1])
             ax.locator_params(nbins=5)
-        handles, names = axs[0, 0].get_legend_handles_labels()
-        fig.legend(
-            handles,
-            names,
-            title=legend_title,
-            loc="center left",
-            bbox_to_anchor=(1.0, 0.5),
-            frameon=False,
-        )
-        fig.tight_layout()
-        utils.save_figure(fig, out_dir, stem, pdf=True)
-        plt.close(fig)
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, title=legend_title, loc="outside right center", frameon=False)
+        _suptitle(fig, title)
+    return fig
 
 
-def plot_permute(before: dict, after: list[dict], out_dir: Path) -> None:
+def plot_highlight(
+    coords: np.ndarray, groups: np.ndarray, labels: list[str], *, title: str, axes_labels: tuple
+) -> Figure:
+    """Small multiples: one panel per group, its points in colour over all the others in grey,
+    at most MAX_COLUMNS a row, on shared axes (groups that overlap stay apart)."""
     plt = _pyplot()
-    keys = [("loss", "L (all)"), ("loss_obs", "L_obs"), ("loss_mask", "L_mask")]
-    keys = [(k, label) for k, label in keys if before[k] is not None]  # None: no such entry
+    coords = np.asarray(coords)
     with plt.rc_context(utils.plot_style()):
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        x = np.arange(len(keys))
-        ax.bar(x - 0.2, [before[k] for k, _ in keys], 0.4, label="original")
-        means = [np.mean([a[k] for a in after]) for k, _ in keys]
-        ax.bar(x + 0.2, means, 0.4, label=f"permuted (mean of {len(after)})")
+        fig, axes = _panel_grid(plt, len(labels), share=True, size=(3.0, 2.8))
+        for g, (ax, label) in enumerate(zip(axes, labels)):
+            sel = groups == g
+            ax.scatter(*coords[~sel].T, s=12, color="0.8")
+            ax.scatter(*coords[sel].T, s=28, color="C3", edgecolor="k", linewidth=0.5)
+            ax.set(title=label, xlabel=axes_labels[0], ylabel=axes_labels[1])
+            ax.locator_params(nbins=4)
+        _suptitle(fig, title)
+    return fig
+
+
+def _plain_log_ticks(ax) -> None:
+    """Plain tick labels on a log y axis (0.05, not 5×10⁻²), with the minor ticks at 2, 3 and 5
+    labelled too when the axis spans under 1.5 decades (too few for the major ticks alone)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(y: float, _) -> str:
+        lo, hi = ax.get_ylim()
+        mantissa = round(y / 10 ** np.floor(np.log10(y)))
+        return f"{y:g}" if np.log10(hi / lo) < 1.5 and mantissa in (2, 3, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def plot_permute(summary: dict) -> Figure:
+    """The loss with the original positional embeddings, with each random permutation of them, and
+    the permutations' mean, per set of entries, log scale; the factor mean / original written."""
+    plt = _pyplot()
+    after = summary["permutations"]
+    keys = [("loss", "all"), ("loss_obs", "observed"), ("loss_mask", "hidden")]
+    keys = [(k, label) for k, label in keys if summary[f"{k}_before"] is not None]
+    spread = np.linspace(-0.08, 0.08, len(after)) if len(after) > 1 else np.zeros(1)
+    with plt.rc_context(utils.plot_style()):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
         for i, (k, _) in enumerate(keys):
-            ax.scatter([i + 0.2] * len(after), [a[k] for a in after], color="k", s=8, zorder=3)
-        ax.set_xticks(x, [label for _, label in keys])
-        ax.set(ylabel="MSE", yscale="log", title="positional embeddings permuted")
-        ax.legend()
-        utils.save_figure(fig, out_dir, "permute")
+            before, each = summary[f"{k}_before"], [a[k] for a in after]
+            mean = float(np.mean(each))
+            first = i == 0
+            ax.scatter(
+                i - 0.15,
+                before,
+                s=60,
+                color="C0",
+                zorder=3,
+                label="original positional embeddings" if first else None,
+            )
+            ax.scatter(
+                i + 0.15 + spread,
+                each,
+                s=18,
+                color="C1",
+                zorder=3,
+                label=f"one random permutation ({len(after)} in all)" if first else None,
+            )
+            ax.scatter(
+                i + 0.15,
+                mean,
+                s=600,
+                marker="_",
+                color="k",
+                zorder=4,
+                label="mean over the permutations" if first else None,
+            )
+            ax.annotate(
+                f"×{mean / before:.3g}",
+                (i, max(before, mean)),
+                xytext=(0, 12),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+            )
+        ax.set_xticks(range(len(keys)), [label for _, label in keys])
+        ax.set_xlabel("entries the MSE is taken over")
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+        ax.set(ylabel="MSE (log scale)", yscale="log")
+        _plain_log_ticks(ax)
+        ax.margins(y=0.25)
+        ax.set_title(
+            f"Loss before and after permuting the positional embeddings\n(step {summary['step']}, "
+            f"{summary['num_samples']} matrices; ×: mean after / before)",
+            fontsize=10,
+        )
+        fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    return fig
+
+
+def _bins(summary: dict) -> tuple[np.ndarray, list[str]]:
+    f = summary["figure"]
+    return value_bins(np.asarray(f["values"]), f["value_min"], f["value_max"], f["num_bins"])
+
+
+def _token_norm_figures(s: dict) -> dict:
+    f = s["figure"]
+    title = f"ℓ2 norm of each value token's embedding (step {s['step']})"
+    return {"token_norm": plot_curve(f["values"], f["norms"], "value", "ℓ2 norm", title)}
+
+
+def _pos_norm_figures(s: dict) -> dict:
+    norms, n = s["figure"]["norms"], s["n"]
+    title = f"ℓ2 norm of each positional embedding of the {s['m']}×{n} matrix (step {s['step']})"
+    xlabel = "position i·n + j (row-major, 0-based; ticks at row starts)"
+    x = np.arange(len(norms))
+    return {"pos_norm": plot_curve(x, norms, xlabel, "ℓ2 norm", title, xticks=x[::n])}
+
+
+def _token_pca_figures(s: dict) -> dict:
+    f = s["figure"]
+    groups, labels = _bins(s)
+    axes_labels = tuple(
+        f"PC{k} ({s[f'explained_variance_pc{k}']:.0%} of the variance)" for k in (1, 2)
+    )
+    title = f"Value tokens' embeddings on their top-2 principal components (step {s['step']})"
+    fig = plot_scatter_panels(
+        [("", f["pcs"])],
+        groups,
+        labels,
+        title=title,
+        axes_labels=axes_labels,
+        legend_title="value",
+        ordered=True,
+    )
+    return {"token_pca": fig}
+
+
+def _token_progress_figures(s: dict) -> dict:
+    f = s["figure"]
+    groups, labels = _bins(s)
+    panels = [(f"step {r['step']}", pcs) for r, pcs in zip(s["steps"], f["pcs_by_step"])]
+    final = s["final_step"]
+    title = (
+        f"Value tokens' embeddings during training, on the top-2 principal components of "
+        f"step {final} (the same axes in every panel)"
+    )
+    fig = plot_scatter_panels(
+        panels,
+        groups,
+        labels,
+        title=title,
+        axes_labels=(f"PC1 of step {final}", f"PC2 of step {final}"),
+        legend_title="value",
+        ordered=True,
+        share=True,
+    )
+    return {"token_progress": fig}
+
+
+def _pos_tsne_figures(s: dict) -> dict:
+    m, n = s["m"], s["n"]
+    rows, cols = grid_labels(m, n)
+    figures = {}
+    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
+        title = (
+            f"t-SNE of the positional embeddings of the {m}×{n} matrix (step {s['step']}): "
+            f"in each panel one {kind}'s {count} positions in red, the rest grey"
+        )
+        labels = [f"{kind} {i + 1} (1-based)" for i in range(count)]
+        figures[f"pos_tsne_{kind}"] = plot_highlight(
+            s["figure"]["coords"], groups, labels, title=title, axes_labels=("t-SNE 1", "t-SNE 2")
+        )
+    return figures
+
+
+def _pos_progress_figures(s: dict) -> dict:
+    m, n = s["m"], s["n"]
+    rows, cols = grid_labels(m, n)
+    panels = [(f"step {r['step']}", c) for r, c in zip(s["steps"], s["figure"]["coords_by_step"])]
+    figures = {}
+    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
+        title = (
+            f"t-SNE of the positional embeddings of the {m}×{n} matrix during training, "
+            f"coloured by {kind} (each panel is its own t-SNE)"
+        )
+        figures[f"pos_progress_{kind}"] = plot_scatter_panels(
+            panels,
+            groups,
+            [f"{kind} {i + 1}" for i in range(count)],
+            title=title,
+            axes_labels=("t-SNE 1", "t-SNE 2"),
+            legend_title=f"{kind} (1-based)",
+            ordered=False,
+        )
+    return figures
+
+
+# exp_type: (the figures' file stems, the function drawing them from the summary)
+FIGURES: dict[str, tuple[tuple[str, ...], Callable[[dict], dict]]] = {
+    "token_norm": (("token_norm",), _token_norm_figures),
+    "token_pca": (("token_pca",), _token_pca_figures),
+    "pos_norm": (("pos_norm",), _pos_norm_figures),
+    "pos_tsne": (("pos_tsne_column", "pos_tsne_row"), _pos_tsne_figures),
+    "token_progress": (("token_progress",), _token_progress_figures),
+    "pos_progress": (("pos_progress_column", "pos_progress_row"), _pos_progress_figures),
+    "permute": (("permute",), lambda s: {"permute": plot_permute(s)}),
+}
+
+
+def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """An experiment's figures (PNG; PDF too except for permute) from its summary.json alone
+    (scripts/redraw.py uses it too). Returns the files written and the figures not drawn."""
+    stems, make = FIGURES[summary["exp_type"]]
+    if summary["exp_type"] != "permute" and "figure" not in summary:
+        why = "its points were not saved (summary.json has no 'figure' entry)"
+        return [], [f"{stem}.png: {why}" for stem in stems]
+    plt = _pyplot()
+    paths = []
+    for stem, fig in make(summary).items():
+        paths += utils.save_figure(fig, out_dir, stem, pdf=stem != "permute")
         plt.close(fig)
+    return paths, []
 
 
 # ----------------------------------------------------------------------------------------------
-# The experiments. Each takes the run's context and writes its figures; returns (summary, rows).
+# The experiments. Each takes the run's context and returns (summary, table rows); the summary's
+# `figure` holds the points its figures show, which main draws with draw_figures.
 
 
 @dataclass
@@ -359,7 +595,20 @@ class Context:
 
 
 def _as_rows(summary: dict) -> list[dict]:
-    return [{"quantity": k, "value": v} for k, v in summary.items() if not isinstance(v, list)]
+    return [
+        {"quantity": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))
+    ]
+
+
+def _values_figure(ctx: Context) -> dict:
+    """What a figure of the value tokens needs besides its points: the values and their bins."""
+    e = ctx.cfg.embed
+    return {
+        "values": rounded(ctx.values),
+        "value_min": e.value_min,
+        "value_max": e.value_max,
+        "num_bins": e.num_bins,
+    }
 
 
 def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
@@ -375,15 +624,7 @@ def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
     }
     csv = "value,norm\n" + "".join(f"{v:g},{x:.6g}\n" for v, x in zip(ctx.values, norms))
     utils.atomic_write_text(ctx.out_dir / "token_norm.csv", csv)
-    plot_curve(
-        ctx.values,
-        norms,
-        "value",
-        "ℓ2 norm of token embedding",
-        f"step {ctx.step}",
-        ctx.out_dir,
-        "token_norm",
-    )
+    summary["figure"] = {"values": rounded(ctx.values), "norms": rounded(norms)}
     return summary, _as_rows(summary)
 
 
@@ -397,17 +638,7 @@ def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
         "explained_variance_pc2": float(pca.explained_variance_ratio_[1]),
         **pc_separation(pcs, ctx.values),
     }
-    e = ctx.cfg.embed
-    groups, labels = value_bins(ctx.values, e.value_min, e.value_max, e.num_bins)
-    plot_panels(
-        [(f"step {ctx.step}", pcs)],
-        groups,
-        labels,
-        ctx.out_dir,
-        "token_pca",
-        axes_labels=("PC1", "PC2"),
-        legend_title="value",
-    )
+    summary["figure"] = {**_values_figure(ctx), "pcs": rounded(pcs)}
     return summary, _as_rows(summary)
 
 
@@ -426,16 +657,7 @@ def run_pos_norm(ctx: Context) -> tuple[dict, list[dict]]:
         f"{p},{p // ctx.n},{p % ctx.n},{x:.6g}\n" for p, x in enumerate(norms)
     )
     utils.atomic_write_text(ctx.out_dir / "pos_norm.csv", csv)
-    plot_curve(
-        np.arange(len(norms)),
-        norms,
-        "position (row-major, 0-based)",
-        "ℓ2 norm of positional embedding",
-        f"step {ctx.step}",
-        ctx.out_dir,
-        "pos_norm",
-        xticks=np.arange(0, len(norms), ctx.n),
-    )
+    summary["figure"] = {"norms": rounded(norms)}
     return summary, _as_rows(summary)
 
 
@@ -445,26 +667,10 @@ def _pos_tsne(model: MatrixBert, ctx: Context) -> tuple[np.ndarray, dict]:
     return coords, {"perplexity": used, **cluster_scores(pos, coords, ctx.m, ctx.n)}
 
 
-def _plot_by_row_and_column(panels, ctx: Context, stem: str) -> None:
-    rows, cols = grid_labels(ctx.m, ctx.n)
-    for kind, groups, count in (("column", cols, ctx.n), ("row", rows, ctx.m)):
-        labels = [f"{kind} {i + 1}" for i in range(count)]
-        plot_panels(
-            panels,
-            groups,
-            labels,
-            ctx.out_dir,
-            f"{stem}_{kind}",
-            axes_labels=("t-SNE 1", "t-SNE 2"),
-            legend_title=f"{kind} (1-based)",
-            cmap_name="tab10" if count <= 10 else "viridis",
-        )
-
-
 def run_pos_tsne(ctx: Context) -> tuple[dict, list[dict]]:
     coords, scores = _pos_tsne(ctx.model, ctx)
     summary = {"step": ctx.step, "m": ctx.m, "n": ctx.n, **scores}
-    _plot_by_row_and_column([(f"step {ctx.step}", coords)], ctx, "pos_tsne")
+    summary["figure"] = {"coords": rounded(coords)}
     return summary, _as_rows(summary)
 
 
@@ -501,20 +707,9 @@ def run_token_progress(ctx: Context) -> tuple[dict, list[dict]]:
                 "norm_symmetry_corr": norm_symmetry(ctx.values, norms)["norm_symmetry_corr"],
             }
         )
-        panels.append((f"step {step}", pcs))
-    e = ctx.cfg.embed
-    groups, labels = value_bins(ctx.values, e.value_min, e.value_max, e.num_bins)
-    plot_panels(
-        panels,
-        groups,
-        labels,
-        ctx.out_dir,
-        "token_progress",
-        axes_labels=(f"PC1 (step {ctx.step})", f"PC2 (step {ctx.step})"),
-        legend_title="value",
-        share=True,
-    )
-    return {"final_step": ctx.step, "steps": rows}, rows
+        panels.append(rounded(pcs))
+    figure = {**_values_figure(ctx), "pcs_by_step": panels}
+    return {"final_step": ctx.step, "steps": rows, "figure": figure}, rows
 
 
 def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
@@ -522,9 +717,8 @@ def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
     for step, model in _each_checkpoint(ctx):
         coords, scores = _pos_tsne(model, ctx)
         rows.append({"step": step, **scores})
-        panels.append((f"step {step}", coords))
-    _plot_by_row_and_column(panels, ctx, "pos_progress")
-    return {"m": ctx.m, "n": ctx.n, "steps": rows}, rows
+        panels.append(rounded(coords))
+    return {"m": ctx.m, "n": ctx.n, "steps": rows, "figure": {"coords_by_step": panels}}, rows
 
 
 def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
@@ -556,7 +750,6 @@ def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
         "loss_ratio_after_before": mean_after["loss"] / before["loss"],
         "permutations": after,
     }
-    plot_permute(before, after, ctx.out_dir)
     return summary, _as_rows(summary)
 
 
@@ -582,8 +775,9 @@ def main(cfg: EmbedConfig) -> dict:
     ctx = Context(cfg, model, ckpt.get("step"), data_cfg, values, ids, out_dir, device)
     summary, rows = EXPERIMENTS[cfg.exp_type](ctx)
     summary = {"exp_type": cfg.exp_type, **summary}
+    draw_figures(summary, out_dir)
     table = utils.markdown_table(rows)
-    utils.write_results(out_dir, summary, {"table.md": table})
+    utils.write_results(out_dir, summary, {"table.md": table}, cfg, "embed")
     print(
         f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table}outputs in {out_dir}"
     )

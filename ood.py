@@ -30,7 +30,7 @@ from compare_nuc_bert import compare_batch
 from cvx_nuc_norm import SOLVERS
 from data import DISTRIBUTIONS, Batch, DataConfig, MatrixSampler, make_batch, round_values
 from model import analysis_data_config, load_from_section, trained_data_config
-from utils import AnalysisData, CkptSection, UserError, opt
+from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
 
 MAX_DRAWS = 100  # draw at most this many times the matrices needed before giving up
 
@@ -86,6 +86,7 @@ class OodConfig:
     ckpt: CkptSection = field(default_factory=CkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     ood: OodSection = field(default_factory=OodSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 def sweep_points(ood: OodSection, base: AnalysisData) -> dict[str, list[tuple]]:
@@ -212,7 +213,7 @@ def main(cfg: OodConfig) -> dict:
         text += utils.markdown_table(rows, columns) if rows else "no point the model can take\n"
         text += "".join(f"\n- skipped {kind} = {s['value']}: {s['reason']}" for s in skipped)
         tables.append(text + ("\n" if skipped else ""))
-    utils.write_results(out_dir, summary, {"tables.md": "\n".join(tables)})
+    utils.write_results(out_dir, summary, {"tables.md": "\n".join(tables)}, cfg, "ood")
     print(f"step {step}, solver {cfg.ood.solver}, {cfg.data.num_samples} matrices per point\n")
     print("\n".join(tables) + f"\noutputs in {out_dir}")
     return summary

@@ -35,14 +35,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 import utils
 from data import Batch, MatrixSampler, corrupt
-from model import MatrixBert, analysis_data_config, load_from_section
-from modeling_bert import act_name, patch_hooks, patch_z_hooks, resolve_indices
-from utils import AnalysisData, CkptSection, opt
+from model import MatrixBert, analysis_data_config, load_from_section, resolve_indices
+from modeling_bert import act_name, patch_hooks, patch_z_hooks
+from utils import AnalysisData, CkptSection, WandbConfig, opt
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SITES = ("resid_pre", "z")
 ENTRIES = ("hidden", "observed")
@@ -73,6 +78,7 @@ class Config:
     ckpt: CkptSection = field(default_factory=CkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     patch: PatchSection = field(default_factory=PatchSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,40 +187,108 @@ def best_cell(grid: list[list[float | None]]) -> tuple[float, int, int] | None:
     return max(cells, default=None)
 
 
+NOT_APPLICABLE = "n/a: the clean run does not beat the corrupted one"
+
+
 def plot_sweep(
     grid: list[list[float | None]],
     xlabel: str,
     first_x: int,
     title: str,
     entries: str,
-    out_dir: Path,
-    stem: str,
-) -> list[Path]:
-    """Heatmap of the share restored; layers 1-based on the y axis, x ticks from `first_x`."""
+    row_len: int | None = None,
+) -> Figure:
+    """Heatmap of the share restored, layers 1-based on the y axis, x ticks from `first_x`.
+
+    The colour scale is symmetric about 0 (white) and spans the largest |share| in the grid, so
+    the small shares after the drop stay visible; a grid of None (no gap to restore, as before
+    the drop) is drawn empty with NOT_APPLICABLE written on it. `row_len` (n, for positions)
+    draws a line between the matrix's rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     layers, cols = values.shape
-    lim = max(1.0, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0)
+    finite = np.abs(values[np.isfinite(values)])
+    lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     with plt.rc_context({**utils.plot_style(), "axes.grid": False}):
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * cols + 2), 0.6 * layers + 1.6))
-        im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        fig, ax = plt.subplots(
+            figsize=(max(6.5, 0.25 * cols + 3.0), max(3.6, 0.6 * layers + 2.0)),
+            layout="constrained",
+        )
         ax.set_yticks(range(layers), [str(i + 1) for i in range(layers)])
-        ax.set_xticks(range(cols), [str(j + first_x) for j in range(cols)], fontsize=7)
+        ax.set_xticks(range(cols), [str(j + first_x) for j in range(cols)])
+        ax.tick_params(axis="x", labelsize=8 if cols > 16 else 10)
+        ax.set(xlabel=xlabel, ylabel="layer (1-based)", title=title)
+        if not finite.size:
+            ax.set(xlim=(-0.5, cols - 0.5), ylim=(layers - 0.5, -0.5))
+            why = f"(by {MIN_GAP:.0%} of its MSE at {entries} entries): nothing to restore"
+            ax.text(
+                0.5,
+                0.5,
+                f"{NOT_APPLICABLE}\n{why}",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=11,
+                bbox={"fc": "white", "ec": "0.6"},
+            )
+            return fig
+        im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
         if cols <= 16:
+            decimals = max(2, 1 - int(np.floor(np.log10(lim))))  # 2 digits for the largest
             for i in range(layers):
                 for j in range(cols):
                     if np.isfinite(values[i, j]):
-                        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
-        ax.set(xlabel=xlabel, ylabel="layer", title=title)
-        fig.colorbar(im, ax=ax, label=f"share of the gap restored\nat {entries} entries")
-        paths = utils.save_figure(fig, out_dir, stem)
+                        color = utils.text_colour(im.cmap(im.norm(values[i, j])))
+                        ax.text(
+                            j,
+                            i,
+                            f"{values[i, j]:.{decimals}f}".replace("-", "−"),
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color=color,
+                        )
+        for k in range(row_len or cols, cols, row_len or cols):
+            ax.axvline(k - 0.5, color="0.3", lw=0.8)
+        label = f"share restored at {entries} entries\n(scale ± largest |share| = {lim:.2g})"
+        fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """patch_heads.png and patch_positions.png (the sweeps that ran) from summary.json's numbers
+    alone (scripts/redraw.py uses it too). Returns the files written and what was not drawn."""
+    import matplotlib.pyplot as plt
+
+    step, entries = summary["step"], summary.get("sweep_entries", "hidden")
+    figures = {}
+    if "head_sweep" in summary:
+        title = f"Patching one head's z, X run into −X run\n(step {step}; layers and heads 1-based)"
+        figures["patch_heads"] = plot_sweep(
+            summary["head_sweep"], "head (1-based)", 1, title, entries
+        )
+    if "position_sweep" in summary:
+        site = summary.get("position_site", "resid_pre")
+        where = "the layer input (resid_pre)" if site == "resid_pre" else "all heads' z"
+        m, n = summary.get("m"), summary.get("n")
+        shape = f" of the {m}×{n} matrix; lines between its rows" if m and n else ""
+        title = (
+            f"Patching {where} at one position, X run into −X run\n"
+            f"(step {step}; layers 1-based, positions 0-based)"
+        )
+        xlabel = f"position i·n + j{shape} (0-based, as in the config)"
+        figures["patch_positions"] = plot_sweep(
+            summary["position_sweep"], xlabel, 0, title, entries, row_len=n
+        )
+    paths = []
+    for stem, fig in figures.items():
+        paths += utils.save_figure(fig, out_dir, stem)
         plt.close(fig)
-    return paths
+    return paths, []
 
 
 def main(cfg: Config) -> dict:
@@ -258,20 +332,14 @@ def main(cfg: Config) -> dict:
     entries = cfg.patch.sweep_entries
     sweeps = {}
     if cfg.patch.head_sweep:
-        sweeps["head_sweep"] = grid = sweep_grid(rows, "head", (layers, heads), entries)
-        title = f"patching z of one head (step {step})"
-        plot_sweep(grid, "head", 1, title, entries, out_dir, "patch_heads")
+        sweeps["head_sweep"] = sweep_grid(rows, "head", (layers, heads), entries)
     if cfg.patch.position_sweep:
-        sweeps["position_sweep"] = grid = sweep_grid(rows, "position", (layers, m * n), entries)
-        site = cfg.patch.position_site
-        where = "layer input (resid_pre)" if site == "resid_pre" else "z of every head"
-        xlabel = f"position i·n + j of the {m}×{n} matrix (0-based, as in the config)"
-        title = f"patching the {where} at one position (step {step})"
-        plot_sweep(grid, xlabel, 0, title, entries, out_dir, "patch_positions")
-        summary["position_site"] = site
+        sweeps["position_sweep"] = sweep_grid(rows, "position", (layers, m * n), entries)
+        summary.update(position_site=cfg.patch.position_site, m=m, n=n)
     if sweeps:
         summary["sweep_entries"] = entries
     summary.update(sweeps)
+    draw_figures(summary, out_dir)
     for key, grid in sweeps.items():
         best = best_cell(grid)
         if best is None:
@@ -283,7 +351,7 @@ def main(cfg: Config) -> dict:
             )
         print(line)
         text += f"\n{line}\n"
-    utils.write_results(out_dir, summary, {"patch.md": text})
+    utils.write_results(out_dir, summary, {"patch.md": text}, cfg, "patch")
     print(f"outputs in {out_dir}")
     return summary
 

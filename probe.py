@@ -31,7 +31,7 @@ import utils
 from data import Batch, MatrixSampler
 from model import MatrixBert, analysis_data_config, load_from_section
 from modeling_bert import act_name
-from utils import AnalysisData, CkptSection, UserError, opt
+from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
 
 TARGETS = ("element", "row", "singular_vector")
 
@@ -60,6 +60,7 @@ class Config:
     ckpt: CkptSection = field(default_factory=CkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     probe: ProbeSection = field(default_factory=ProbeSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def main(cfg: Config) -> dict:
         text += f"\n{kind}\n\n" + utils.markdown_table(rows, ["layer", *columns])
     print(text)
     plot_probes(results, f"linear probes on the hidden states, step {step}", out_dir)
-    utils.write_results(out_dir, summary, {"probe.md": text})
+    utils.write_results(out_dir, summary, {"probe.md": text}, cfg, "probe")
     print(f"outputs in {out_dir}")
     return summary
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import utils
 from data import MatrixSampler
 from model import MatrixBert, analysis_data_config, evaluate, load_from_section
-from utils import LOSSES, AnalysisData, PrePostCkptSection, UserError, opt
+from utils import LOSSES, AnalysisData, PrePostCkptSection, UserError, WandbConfig, opt
 
 GROUPS = {
     "att": r"attention\.self\.(query|key|value)\.",
@@ -77,6 +77,7 @@ class Config:
     ckpt: PrePostCkptSection = field(default_factory=PrePostCkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     switch: SwitchSection = field(default_factory=SwitchSection)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def main(cfg: Config) -> dict:
         + utils.markdown_table(rows, ["model", "params", *LOSSES])
     )
     print(text)
-    utils.write_results(out_dir, summary, {"switch_models.md": text})
+    utils.write_results(out_dir, summary, {"switch_models.md": text}, cfg, "switch_models")
     print(f"outputs in {out_dir}")
     return summary
 

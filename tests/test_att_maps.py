@@ -8,7 +8,8 @@ from conftest import ROOT
 import att_maps
 import utils
 from data import Batch, DataConfig, MatrixSampler
-from model import load_checkpoint
+from model import SHARES, attention_shares, attention_summary, chance_shares, load_checkpoint
+from modeling_bert import act_name
 from utils import UserError
 
 
@@ -54,9 +55,14 @@ def test_smoke_row_mask(tiny_run, tmp_path):
     for c in saved["checkpoints"]:
         assert len(c["heads"]) == 2 * 4
         for h in c["heads"]:
-            assert all(math.isfinite(h[k]) for k in att_maps.SHARES)
+            assert all(math.isfinite(h[k]) for k in SHARES)
             assert h["observed"] + h["hidden"] == pytest.approx(1.0, abs=1e-5)
-        assert set(c["claim"]) == {"row_head", "col_head"}
+        assert set(c["authors_heads"]) == {"row_head", "col_head"}
+        assert {h["role"] for h in c["heads"]} <= {"row", "column", "self", "other"}
+        assert set(c["heads_by_role"]) == {"row", "column", "self"}
+        pattern = torch.tensor(c["mean_pattern"])  # the figure's numbers
+        assert pattern.shape == (2, 4, 16, 16)
+        torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 4, 16), atol=1e-4, rtol=0)
 
 
 def _pattern(m, n, rule):
@@ -76,15 +82,15 @@ def test_shares_of_hand_built_patterns():
     same_col = _pattern(m, n, lambda a, b, me: a[1] == b[1] and not me)
     itself = _pattern(m, n, lambda a, b, me: me)
     uniform = _pattern(m, n, lambda a, b, me: True)
-    s = att_maps.attention_shares(same_row, observed, m, n)
+    s = attention_shares(same_row, observed, m, n)
     assert (s["row"].item(), s["col"].item(), s["self"].item()) == pytest.approx((1, 0, 0))
-    s = att_maps.attention_shares(same_col, observed, m, n)
+    s = attention_shares(same_col, observed, m, n)
     assert (s["row"].item(), s["col"].item(), s["self"].item()) == pytest.approx((0, 1, 0))
-    s = att_maps.attention_shares(itself, observed, m, n)
+    s = attention_shares(itself, observed, m, n)
     assert (s["self"].item(), s["observed"].item()) == pytest.approx((1, 4 / 6))
-    s = att_maps.attention_shares(uniform, observed, m, n)
-    chance = att_maps.chance_shares(m, n, 4 / 6)
-    for k in att_maps.SHARES:
+    s = attention_shares(uniform, observed, m, n)
+    chance = chance_shares(m, n, 4 / 6)
+    for k in SHARES:
         assert s[k].item() == pytest.approx(chance[k])
 
 
@@ -122,11 +128,66 @@ def test_mean_pattern_averages_over_matrices(tiny_run):
     model, _ = load_checkpoint(run / "step_000020.pt")
     sampler = MatrixSampler(DataConfig(m=4, n=4, rank=1), seed=0)
     batches = [sampler.sample(b) for b in (3, 5, 1)]
-    pattern = att_maps.mean_patterns(model, batches, 4, 4)["pattern"]
+    pattern = attention_summary(model, batches, mean_pattern=True)["pattern"]
     assert pattern.shape == (2, 4, 16, 16)
     torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 4, 16))
     ids, target, observed = (
         torch.cat([getattr(b, key) for b in batches]) for key in ("input_ids", "target", "observed")
     )
     whole = Batch(ids, target, observed, 4, 4)
-    torch.testing.assert_close(att_maps.mean_patterns(model, [whole], 4, 4)["pattern"], pattern)
+    torch.testing.assert_close(
+        attention_summary(model, [whole], mean_pattern=True)["pattern"], pattern
+    )
+
+
+def test_roles_follow_the_rule_on_a_forced_pattern(tiny_run):
+    """Catches a role given from the wrong share (row for column) or to the wrong head: head 1
+    of layer 0 forced to attend within rows, head 2 within columns, head 3 to itself."""
+    run, _ = tiny_run
+    model, _ = load_checkpoint(run / "step_000020.pt")
+    m = n = 4
+    forced = {
+        1: _pattern(m, n, lambda a, b, me: a[0] == b[0] and not me),
+        2: _pattern(m, n, lambda a, b, me: a[1] == b[1] and not me),
+        3: _pattern(m, n, lambda a, b, me: me),
+    }
+
+    def force(p, hook):
+        p = p.clone()
+        for h, pat in forced.items():
+            p[:, h] = pat[0, 0]
+        return p
+
+    batches = [MatrixSampler(DataConfig(m=m, n=n, rank=1), seed=0).sample(6)]
+    with model.hooks([(act_name("pattern", 0), force)]):
+        roles = attention_summary(model, batches)["roles"]
+    assert roles[0][1:] == ["row", "column", "self"]
+
+
+def test_structured_mask_defaults_follow_the_matrix_size():
+    """Catches the authors' 7×7 rows (3, 6) applied to a smaller matrix, where they are out of
+    range: null lines and kept entries scale with the size (7×7 gives the authors' example)."""
+    section = att_maps.AttMapsSection(mask="row", hidden_lines=None, keep_at=None)
+    seven = att_maps.mask_pattern(section, 7, 7)
+    assert torch.equal(
+        seven,
+        att_maps.mask_pattern(
+            att_maps.AttMapsSection(mask="row", hidden_lines=[3, 6], keep_at=[1, 5]), 7, 7
+        ),
+    )
+    four = att_maps.mask_pattern(section, 4, 4)
+    assert four[2].tolist() == [False, True, False, False]
+    assert four[3].tolist() == [False, False, True, False]
+
+
+def test_figures_redraw_from_the_summary(tiny_run, tmp_path):
+    """Catches a figure whose numbers are not in summary.json: the grid is redrawn from it."""
+    summary = att_maps.main(_cfg(tiny_run, tmp_path, "ckpt.steps=[20]"))
+    out = tmp_path / "out"
+    (out / "att_maps_step000020.png").unlink()
+    written, notes = att_maps.draw_figures(json.loads((out / "summary.json").read_text()), out)
+    assert (out / "att_maps_step000020.png").is_file() and not notes
+    assert (
+        summary["checkpoints"][0]["roles"]
+        == json.loads((out / "summary.json").read_text())["checkpoints"][0]["roles"]
+    )

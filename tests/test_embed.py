@@ -1,5 +1,6 @@
 import json
 import math
+import runpy
 
 import numpy as np
 import pytest
@@ -143,3 +144,104 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_run):
         embed.main(embed_config(tmp_path, run, "exp_type=pos_progress", f"ckpt.path={path}"))
     with pytest.raises(UserError, match="step_000015.pt not found"):
         embed.main(embed_config(tmp_path, run, "exp_type=token_progress", "ckpt.steps=[15]"))
+
+
+def _grid_columns(fig):
+    """Columns of the panel grid (the visible axes of a figure of panels)."""
+    return fig.axes[0].get_subplotspec().get_gridspec().ncols
+
+
+@pytest.mark.parametrize("exp_type", ["token_progress", "pos_progress"])
+def test_progress_figures_wrap_into_rows_of_at_most_4_panels(tmp_path, exp_type):
+    """Bug: the progress figures were one strip of 7 panels (4174×525 pixels), illegible at page
+    width. Drawn from summary.json alone, 7 checkpoints now make 2 rows of at most 4 panels,
+    each panel titled with its step, the figure titled with what it shows."""
+    import matplotlib.pyplot as plt
+
+    steps = [1000, 4000, 10000, 14000, 16000, 20000, 50000]
+    rng = np.random.default_rng(0)
+    if exp_type == "token_progress":
+        values = (np.arange(-150, 151) / 100).tolist()
+        figure = {"values": values, "value_min": -1.5, "value_max": 1.5, "num_bins": 6}
+        figure["pcs_by_step"] = [rng.normal(size=(301, 2)).tolist() for _ in steps]
+        summary = {"exp_type": exp_type, "final_step": 50000, "figure": figure}
+    else:
+        figure = {"coords_by_step": [rng.normal(size=(49, 2)).tolist() for _ in steps]}
+        summary = {"exp_type": exp_type, "m": 7, "n": 7, "figure": figure}
+    summary["steps"] = [{"step": s} for s in steps]
+    figures = embed.FIGURES[exp_type][1](summary)
+    assert set(figures) == set(embed.FIGURES[exp_type][0])
+    for fig in figures.values():
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert _grid_columns(fig) <= 4 and len(visible) == 7
+        assert [ax.get_title() for ax in visible] == [f"step {s}" for s in steps]
+        assert "during training" in fig.get_suptitle()
+        plt.close(fig)
+
+
+def test_permute_legend_explains_every_mark(tiny_run, tmp_path):
+    """Bug: the permute figure had black dots, one per permutation, that the legend did not name
+    (and bars on a log axis). Every mark drawn is now in the legend."""
+    import matplotlib.pyplot as plt
+
+    run, _ = tiny_run
+    summary = embed.main(embed_config(tmp_path, run, "exp_type=permute"))
+    fig = embed.plot_permute(json.loads(json.dumps(summary)))
+    (ax,) = fig.axes
+    legend = fig.legends[0]
+    assert not ax.patches  # no bars
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "original positional embeddings",
+        "one random permutation (2 in all)",
+        "mean over the permutations",
+    ]
+    # each kind of mark has its own colour: every colour drawn has its legend entry, no other
+    explained = {tuple(h.get_facecolor()[0]) for h in legend.legend_handles}
+    assert {tuple(c.get_facecolor()[0]) for c in ax.collections} == explained
+    assert len(explained) == 3
+    assert "step 20" in ax.get_title()
+    plt.close(fig)
+
+
+def test_pos_tsne_draws_one_panel_per_column_from_summary_json(tiny_run, tmp_path):
+    """Bug: the pos_tsne figure coloured 7 columns with overlapping points inside each cluster, so
+    the colours could not be told apart. It is now small multiples, one panel per column (and per
+    row), that group's positions highlighted; drawn from summary.json's `figure` alone."""
+    import matplotlib.pyplot as plt
+
+    run, _ = tiny_run
+    embed.main(embed_config(tmp_path, run, "exp_type=pos_tsne"))
+    saved = json.loads((tmp_path / "pos_tsne" / "summary.json").read_text())
+    assert np.asarray(saved["figure"]["coords"]).shape == (16, 2)
+    figures = embed.FIGURES["pos_tsne"][1](saved)
+    for kind, fig in figures.items():
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(visible) == 4 and _grid_columns(fig) <= 4
+        for ax in visible:
+            _, highlighted = ax.collections
+            assert len(highlighted.get_offsets()) == 4  # one row or column of the 4×4 matrix
+        kind_word = kind.split("_")[-1]
+        assert [ax.get_title() for ax in visible][0] == f"{kind_word} 1 (1-based)"
+        plt.close(fig)
+
+
+def test_redraw_redraws_each_exp_type_or_says_what_was_not_saved(tiny_run, tmp_path):
+    """Bug: embed's figures could only be redrawn from the checkpoints. scripts/redraw.py
+    redraws every exp_type's figures from summary.json alone; for a summary from before the
+    points were saved it names the figures it could not redraw and leaves them as they were."""
+    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    run, _ = tiny_run
+    for exp_type in ("token_norm", "token_pca", "pos_norm", "pos_progress"):
+        embed.main(embed_config(tmp_path, run, f"exp_type={exp_type}"))
+        out = tmp_path / exp_type
+        pngs = sorted(out.glob("*.png"))
+        for png in pngs:
+            png.unlink()
+        script, written, notes = redraw(out)
+        assert script == "embed" and notes == []
+        assert sorted(p for p in written if p.suffix == ".png") == pngs
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["figure"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    _, written, notes = redraw(out)
+    assert written == [] and len(notes) == 2 and "pos_progress_row.png" in notes[1]

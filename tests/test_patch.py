@@ -1,5 +1,8 @@
 import json
 import math
+import runpy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -89,3 +92,85 @@ def test_bad_indices_are_named(tiny_run, tmp_path):
         patch.main(_cfg(tiny_run, tmp_path, "patch.heads=[4]"))
     with pytest.raises(UserError, match="patch.layers.*-3"):
         patch.main(_cfg(tiny_run, tmp_path, "patch.layers=[-3]"))
+
+
+def test_sweep_figure_before_the_drop_says_why_it_is_empty():
+    """Bug: on a pre-drop checkpoint every share restored is None (the clean run does not beat the
+    corrupted one) and the heatmaps came out blank with nothing saying why. The figure now carries
+    the n/a text."""
+    import matplotlib.pyplot as plt
+
+    fig = patch.plot_sweep([[None] * 4] * 2, "head (1-based)", 1, "step 10", "hidden")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any(patch.NOT_APPLICABLE in t for t in texts), texts
+    assert patch.NOT_APPLICABLE == "n/a: the clean run does not beat the corrupted one"
+    plt.close(fig)
+
+
+def test_sweep_colour_scale_follows_the_data_with_0_white():
+    """Bug: after the drop the shares are small (≤ 0.1) and the fixed ±1 colour scale washed them
+    out. The scale is now ±(the largest |share|), symmetric so that 0 stays white, and the colour
+    bar's label says so."""
+    import matplotlib.pyplot as plt
+
+    grid = [[0.01, -0.02, 0.05, None], [0.0, 0.08, -0.01, 0.03]]
+    fig = patch.plot_sweep(grid, "head (1-based)", 1, "step 20", "hidden")
+    im = fig.axes[0].images[0]
+    assert (im.norm.vmin, im.norm.vmax) == pytest.approx((-0.08, 0.08))
+    assert im.cmap(im.norm(0.0))[:3] == pytest.approx((0.97, 0.97, 0.97), abs=0.03)
+    assert "0.08" in fig.axes[1].get_ylabel() and "largest" in fig.axes[1].get_ylabel()
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1", "2"]
+    plt.close(fig)
+
+
+def test_redraw_rebuilds_both_sweeps_from_summary_json(tiny_run, tmp_path):
+    """Bug: the sweep figures could only be redrawn by rerunning the model. scripts/redraw.py
+    finds the script from config.yaml and redraws them from summary.json alone, with the n/a text
+    where the run had no gap to restore (the tiny model only copies: none at hidden entries)."""
+    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    patch.main(_cfg(tiny_run, tmp_path))
+    out = tmp_path / "out"
+    saved = json.loads((out / "summary.json").read_text())
+    assert all(v is None for row in saved["head_sweep"] for v in row)
+    assert (saved["m"], saved["n"]) == (4, 4)
+    for name in ("patch_heads.png", "patch_positions.png"):
+        (out / name).unlink()
+    script, written, notes = redraw(out)
+    assert script == "patch" and notes == []
+    assert sorted(p.name for p in written) == ["patch_heads.png", "patch_positions.png"]
+
+
+def test_redraw_refuses_a_folder_it_cannot_place(tmp_path):
+    """scripts/redraw.py on a folder that is not an analysis's output, or whose config.yaml is no
+    script's it knows, stops with one line that says why (and exit code 2 from the shell)."""
+    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    with pytest.raises(UserError, match="no config.yaml"):
+        redraw(tmp_path)
+    (tmp_path / "config.yaml").write_text("seed: 0\nprobe: {}\n")
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match="matches no script.*patch \\(patch\\)"):
+        redraw(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "redraw.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "script", ["compare_nuc_bert", "uniform_ablation", "patch", "embed", "probe", "train"]
+)
+def test_redraw_tells_the_scripts_apart_by_their_configs(script):
+    """Each script's own config file maps to it, and no other script's config maps to any of the
+    registered ones (the config sections that mark a folder are unique)."""
+    import yaml
+
+    registry = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))
+    config = yaml.safe_load((ROOT / "configs" / f"{script}.yaml").read_text())
+    if script in registry["REDRAW"]:
+        assert registry["detect"](config, ROOT) == script
+    else:
+        with pytest.raises(UserError, match="matches no script"):
+            registry["detect"](config, ROOT)

@@ -1,5 +1,6 @@
 import json
 import math
+import runpy
 
 import pytest
 import torch
@@ -72,3 +73,63 @@ def test_mean_over_a_batch_of_one_is_no_ablation(tiny_run):
 def test_head_out_of_range_is_named(tiny_run, tmp_path):
     with pytest.raises(UserError, match="ablation.heads.*head 4"):
         uniform_ablation.main(_cfg(tiny_run, tmp_path, "ablation.heads=[[0, 4]]"))
+
+
+def _colorbar_labels(fig, ax):
+    """The colour bar's tick labels inside its range, as drawn."""
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    return [t.get_text() for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi]
+
+
+def test_sweep_colour_bar_ticks_tell_the_range_ends_apart():
+    """Bug: on a tiny run the losses spanned 0.11440..0.11442 and every colour-bar tick read
+    0.1144 (format %.4g). The figure now shows the change against no ablation, and its colour bar
+    ticks are all different, the lowest below the highest."""
+    import matplotlib.pyplot as plt
+
+    base = {"loss": 0.2, "loss_obs": 0.1144, "loss_mask": 0.3}
+    tiny = [[0.11440, 0.114405, 0.11441, 0.114402], [0.114415, 0.11442, 0.114401, 0.114403]]
+    sweep = {"loss": [[0.2] * 4] * 2, "loss_obs": tiny, "loss_mask": [[0.31, 0.3, 0.29, 0.3]] * 2}
+    summary = {"step": 20, "method": "mean", "no_ablation": base, "sweep": sweep}
+    fig = uniform_ablation.plot_sweep(summary)
+    heat_axes = [ax for ax in fig.axes if ax.images]
+    for ax in fig.axes:
+        if ax in heat_axes:
+            continue
+        labels = _colorbar_labels(fig, ax)
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert "step 20" in fig.get_suptitle()
+    assert [t.get_text() for t in heat_axes[0].get_xticklabels()] == ["1", "2", "3", "4"]
+    plt.close(fig)
+
+
+def test_sweep_cell_text_contrasts_with_its_cell(tiny_run, tmp_path):
+    """Bug: black numbers were written on dark viridis cells. Each number's colour now follows
+    its cell's luminance: white on the dark cells, black on the light ones."""
+    import matplotlib.pyplot as plt
+
+    uniform_ablation.main(_cfg(tiny_run, tmp_path, "ablation.method=zero"))
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    fig = uniform_ablation.plot_sweep(saved)
+    colors = set()
+    for ax in (ax for ax in fig.axes if ax.images):
+        im = ax.images[0]
+        for text in ax.texts:
+            h, i = (round(c) for c in text.get_position())
+            r, g, b, _ = im.cmap(im.norm(im.get_array()[i, h]))
+            dark = 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5
+            assert text.get_color() == ("white" if dark else "black")
+            colors.add(text.get_color())
+    assert colors == {"white", "black"}  # zero-ablating a head of the tiny run: big and small
+    plt.close(fig)
+
+
+def test_redraw_rebuilds_the_sweep_from_summary_json(tiny_run, tmp_path):
+    """Bug: the sweep figure could only be redrawn by rerunning the model. scripts/redraw.py
+    finds the script from config.yaml and redraws ablation_sweep.png from summary.json alone."""
+    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    uniform_ablation.main(_cfg(tiny_run, tmp_path))
+    out = tmp_path / "out"
+    (out / "ablation_sweep.png").unlink()
+    assert redraw(out) == ("uniform_ablation", [out / "ablation_sweep.png"], [])
