@@ -55,6 +55,11 @@ class BenchSection:
         False, "then profile our loops: wall vs device-busy time per step, by kernel/op class"
     )
     profile_steps: int = opt(10, "steps profiled per loop (bench.profile), after the timed ones")
+    logging: bool = opt(
+        False,
+        "also time train.py's logging steps (eval loss, hidden progress) every train.log_every "
+        "steps, as train.py runs them",
+    )
     out_dir: str = opt("results/bench", "output folder (one that holds a summary.json is refused)")
 
     def __post_init__(self) -> None:
@@ -95,12 +100,17 @@ def _timed(step_fn, device: torch.device, warmup: int, steps: int) -> dict:
     return {"steps_per_s": steps / seconds, "seconds": seconds, "peak_mem_gib": peak}
 
 
-def time_ours(cfg: train.TrainConfig, warmup: int, steps: int, profile_steps: int = 0) -> dict:
-    """Time `Trainer.step`; with `profile_steps`, then profile that many more steps."""
+def time_ours(
+    cfg: train.TrainConfig, warmup: int, steps: int, profile_steps: int = 0, logging: bool = False
+) -> dict:
+    """Time `Trainer.step` (with `logging`, and `Trainer.log_record` every `log_every` steps);
+    with `profile_steps`, then profile that many more steps."""
     trainer = train.Trainer(cfg)
 
     def step():
-        trainer.step()
+        metrics = trainer.step()
+        if logging and trainer.step_count % cfg.train.log_every == 0:
+            trainer.log_record(trainer.step_count, metrics)
 
     result = _timed(step, trainer.device, warmup, steps)
     result["tflops"] = flops_per_step(cfg, trainer.model) * result["steps_per_s"] / 1e12
@@ -394,9 +404,11 @@ def main(cfg: BenchConfig) -> dict:
     utils.save_config(cfg, out_dir)
     label = f"ours ({tcfg.train.precision}, compile={tcfg.train.compile})"
     profile_steps = b.profile_steps if b.profile else 0
-    runs = {label: time_ours(tcfg, b.warmup_steps, b.steps, profile_steps)}
+    runs = {label: time_ours(tcfg, b.warmup_steps, b.steps, profile_steps, b.logging)}
     for variant, vcfg in variants.items():
-        runs[f"ours [{variant}]"] = time_ours(vcfg, b.warmup_steps, b.steps, profile_steps)
+        runs[f"ours [{variant}]"] = time_ours(
+            vcfg, b.warmup_steps, b.steps, profile_steps, b.logging
+        )
     if b.baseline:
         runs["baseline (authors'-style loop)"] = time_baseline(tcfg, b.warmup_steps, b.steps)
     summary = {

@@ -14,7 +14,9 @@ scripts/redraw.py can redraw them), table.md and its figures (PNG, and PDF for t
                   (Fig. 7). Checks: |corr(PC, |v|)| (magnitude) and |corr(PC, sign v)| (sign).
   pos_norm        ℓ2 norm of the positional embeddings the matrix uses (the first m·n rows).
   pos_tsne        t-SNE of those positional embeddings, coloured by column (Fig. 7) and by row.
-                  Checks: silhouette scores of the embeddings grouped by column and by row.
+                  Checks: silhouette scores of the embeddings grouped by column and by row, in
+                  the embedding space itself (raw) and after t-SNE; `groups_by` names the axis
+                  the raw ones favour (grouping_axis: row, column or neither).
   token_progress  token_pca at each of `ckpt.steps`, projected on the final checkpoint's PCs.
   pos_progress    pos_tsne at each of `ckpt.steps` (both colourings).
   permute         the loss before and after randomly permuting the positional embeddings the
@@ -221,14 +223,31 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
     return float(silhouette_score(x, labels))
 
 
+AXIS_MARGIN = 0.05  # how much better one grouping's raw silhouette must be to name it
+
+
+def grouping_axis(row: float | None, column: float | None) -> str:
+    """Which grouping the positional embeddings follow, from the raw-space silhouettes: `row` or
+    `column` when its silhouette is positive and above the other's by AXIS_MARGIN, else
+    `neither`. The task is symmetric under transposition, so a model may pick either."""
+    if row is None or column is None:
+        return "neither"
+    best, other = ("row", "column") if row >= column else ("column", "row")
+    top, low = max(row, column), min(row, column)
+    return best if top > 0 and top - low > AXIS_MARGIN else "neither"
+
+
 def cluster_scores(pos: np.ndarray, coords: np.ndarray, m: int, n: int) -> dict:
-    """Silhouettes of the positions grouped by column and by row, raw and in t-SNE space."""
+    """Silhouettes of the positions grouped by column and by row, raw (in the embedding space
+    itself) and in t-SNE space, and the axis the raw ones name (`grouping_axis`)."""
     rows, cols = grid_labels(m, n)
+    raw_row, raw_col = silhouette(pos, rows), silhouette(pos, cols)
     return {
-        "silhouette_column": silhouette(pos, cols),
-        "silhouette_row": silhouette(pos, rows),
+        "silhouette_column": raw_col,
+        "silhouette_row": raw_row,
         "silhouette_column_tsne": silhouette(coords, cols),
         "silhouette_row_tsne": silhouette(coords, rows),
+        "groups_by": grouping_axis(raw_row, raw_col),
     }
 
 

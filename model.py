@@ -358,23 +358,34 @@ def state_dict_mismatch(expected: dict, given: dict) -> str | None:
 
 def checkpoint_path(section: CkptSection, step: int | None = None) -> Path:
     """The file a `ckpt` section names: `path`, or `run`/step_NNNNNN.pt (`step` overrides the
-    section's; neither given: the last checkpoint in `run`)."""
+    section's; neither given: the last checkpoint in `run`). A missing one is an error that lists
+    the steps the run holds, or says how to make the run."""
     if section.path:
         return resolve_path(section.path)
     run = resolve_path(section.run)
     step = section.step if step is None else step
-    hint = (
-        f"make it with: python3 train.py --config configs/train.yaml --train.out_dir={section.run}"
-        + (f" (with {step} in train.save_steps)" if step is not None else "")
-    )
+    found = sorted(run.glob("step_*.pt")) if run.is_dir() else []
+    if not found:
+        if run.is_dir():
+            raise UserError(
+                f"{run} holds no checkpoints; continue its training with --train.resume=true "
+                "or point --ckpt.run at a run that has some"
+            )
+        raise UserError(
+            f"no training run in {run}; make it with: python3 train.py --config "
+            f"configs/train.yaml --train.out_dir={section.run}"
+            + (f" (with {step} in train.save_steps)" if step is not None else "")
+        )
     if step is None:
-        found = sorted(run.glob("step_*.pt")) if run.is_dir() else []
-        if not found:
-            raise UserError(f"no checkpoints in {run}; {hint}")
         return found[-1]
     path = run / f"step_{step:06d}.pt"
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; {hint}")
+        steps = [int(p.stem.split("_")[1]) for p in found if p.stem.split("_")[1].isdigit()]
+        raise UserError(
+            f"checkpoint {path.name} not found in {run}, which holds steps "
+            f"{', '.join(map(str, steps))}; choose among them (--ckpt.step={steps[-1]}, or "
+            "--ckpt.steps=[...], --ckpt.pre_step / --ckpt.post_step where the script takes several)"
+        )
     return path
 
 

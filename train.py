@@ -228,6 +228,15 @@ class Trainer:
             "copy_mse": ((copied - COPY_VALUE).square() * hidden).sum() / hidden.sum(),
         }
 
+    def log_record(self, step: int, metrics: dict) -> tuple[dict, tuple]:
+        """What a logging step records: the training batch's `metrics`, the eval loss and the
+        hidden-progress measures as Python numbers (one host sync), and the eval example."""
+        evaluated, example = self.evaluate()
+        record = {"step": step, **utils.to_floats({**metrics, **evaluated})}
+        record.update(utils.to_lists(self.measure_progress()))
+        record.update(role_counts(record))
+        return record, example
+
     def progress(self, record: dict) -> dict:
         """What the progress bar shows after a logging step."""
         return {"loss": f"{record['loss']:.4g}", "L_mask": f"{record['loss_mask']:.4g}"}
@@ -552,11 +561,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
                 )
             if logging:  # before saving, so the checkpoint holds the eval sampler's next state
                 now = time.perf_counter()
-                evaluated, example = trainer.evaluate()
-                measured = trainer.measure_progress()
-                record = {"step": step, **utils.to_floats({**metrics, **evaluated})}
-                record.update(utils.to_lists(measured))
-                record.update(role_counts(record))
+                record, example = trainer.log_record(step, metrics)
                 record["time"] = elapsed0 + now - start
                 record["steps_per_s"] = (step - last_log[1]) / max(now - last_log[0], 1e-9)
                 last_log = (time.perf_counter(), step)

@@ -198,10 +198,11 @@ OVERRIDES_FIELD = "{overrides}"
 
 
 def overrides_slug(overrides: list[str], skip: str) -> str:
-    """The command-line overrides (but `skip`) as one folder name, e.g. `train.seed=1_model.
-    hidden_size=96`: what `{overrides}` in an override's value becomes, so that every run of a
-    W&B sweep (whose agent passes each run's values as overrides) writes a folder of its own."""
-    parts = [o for o in overrides if o.partition("=")[0] != skip]
+    """The command-line overrides (but `skip` and the wandb section's) as one folder name, e.g.
+    `train.seed=1_model.hidden_size=96`: what `{overrides}` in an override's value becomes, so
+    that every run of a W&B sweep (whose agent passes each run's values as overrides) writes a
+    folder of its own."""
+    parts = [o for o in overrides if o.partition("=")[0] != skip and not o.startswith("wandb.")]
     slug = "_".join(parts) or "defaults"
     return "".join(c if c.isalnum() or c in "._=+-" else "-" for c in slug)
 
@@ -621,7 +622,7 @@ def plot_style() -> dict:
 
 
 def close_figure(fig: Any) -> None:
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def save_figure(fig: Any, out_dir: Path, stem: str, pdf: bool = False) -> list[Path]:
@@ -632,13 +633,19 @@ def save_figure(fig: Any, out_dir: Path, stem: str, pdf: bool = False) -> list[P
     return paths
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only), imported when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A number for a figure or a line of text: `digits` significant digits, '—' for None."""
+    return "—" if x is None else f"{x:.{digits}g}"
 
 
 def text_colour(rgba: tuple) -> str:
@@ -662,7 +669,7 @@ def loss_figure(
     head's attention share within its row or column, and representation collapse per layer.
     `shape` (m, n) draws the chance level of the shares; `roles` [layer][head] (the roles the
     heads end with, model.head_roles) colours the heads."""
-    plt = _pyplot()
+    plt = pyplot()
     steps = [r["step"] for r in records]
     progress = any("att_row" in r for r in records)
     panels = 3 if progress else 1
@@ -750,7 +757,7 @@ def _plot_head_shares(
 
 def _plot_collapse(ax: Any, records: list[dict]) -> None:
     """Mean |cosine| between positions' hidden states, after the embeddings and each layer."""
-    plt = _pyplot()
+    plt = pyplot()
     logged = [r for r in records if r.get("collapse")]
     if not logged:
         return
@@ -780,7 +787,7 @@ def plot_losses(
     """`loss.png`: `loss_figure` saved into `out_dir`."""
     fig = loss_figure(records, drop, title, shape, roles)
     paths = save_figure(fig, out_dir, "loss")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return paths
 
 
@@ -795,7 +802,7 @@ def plot_attention_grid(
     """The layers × heads grid of mean attention patterns [L, H, T, T] on one colour scale
     (square-root, so weak structure still shows), layers and heads 1-based, each head's role
     (model.head_roles) in its title and frame colour; a structured mask [m, n] beside it."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import PowerNorm
 
     layers, heads, t, _ = pattern.shape
@@ -1015,7 +1022,7 @@ def log_wandb_step(run: Any, section: Any, step: int, path: Path, figures: dict)
     if figures:
         run.log({f"images/{k}": wandb.Image(fig) for k, fig in figures.items()}, step=step)
         for fig in figures.values():
-            _pyplot().close(fig)
+            pyplot().close(fig)
     if getattr(section, "log_checkpoints", False):
         name = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run.name}-checkpoints")
         artifact = wandb.Artifact(name, type="model", metadata={"step": step})

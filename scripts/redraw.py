@@ -5,8 +5,9 @@
 
 A result folder is what one run of an analysis script wrote: its resolved config.yaml and its
 summary.json. Which script wrote it is read from config.yaml: every script's config has a
-section of its own (`compare:` for compare_nuc_bert.py, `ablation:` for uniform_ablation.py,
-`patch:` for patch.py, `embed:` for embed.py, whose folders are one per exp_type), and the folder
+section of its own (`att_maps:`, `compare:` for compare_nuc_bert.py, `ablation:` for
+uniform_ablation.py, `patch:`, `probe:`, `embed:` for embed.py, whose folders are one per
+exp_type), and the folder
 belongs to the one script in REDRAW whose keys config.yaml holds. Each script's
 `draw_figures(summary, out_dir)` draws what its `main` draws, from the numbers it saved; for a
 figure whose numbers a run did not save (a run from before they were saved) it says so, and the
@@ -30,9 +31,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import att_maps  # noqa: E402
 import compare_nuc_bert  # noqa: E402
 import embed  # noqa: E402
 import patch  # noqa: E402
+import probe  # noqa: E402
 import uniform_ablation  # noqa: E402
 import utils  # noqa: E402
 
@@ -46,7 +49,9 @@ class Redrawer:
 
 
 REDRAW: dict[str, Redrawer] = {
+    "att_maps": Redrawer(("att_maps",), att_maps.draw_figures),
     "compare_nuc_bert": Redrawer(("compare",), compare_nuc_bert.draw_figures),
+    "probe": Redrawer(("probe",), probe.draw_figures),
     "uniform_ablation": Redrawer(("ablation",), uniform_ablation.draw_figures),
     "patch": Redrawer(("patch",), patch.draw_figures),
     "embed": Redrawer(("embed", "exp_type"), embed.draw_figures),

@@ -51,3 +51,50 @@ def tiny_run(tmp_path_factory):
     cfg = tiny_config(tmp)
     summary = train.main(cfg)
     return utils.resolve_path(cfg.train.out_dir), summary
+
+
+def read_wandb_run(folder: Path) -> dict:
+    """What an offline W&B run under `folder` (its `wandb/` directory) holds, read back from its
+    .wandb file (a LevelDB-style log of protobuf records; wandb 0.31 has no Python reader):
+    {"run": the run record, "history": [{key: value}], "summary": {key: value}, "records":
+    the record types written}. Nested keys are joined with '/'."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = list(Path(folder).glob("wandb/offline-run-*/run-*.wandb"))
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    records, pos, block, buf = [], 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            records.append(record)
+            buf = b""
+
+    def items(seq) -> dict:
+        return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in seq}
+
+    out = {"run": None, "history": [], "summary": {}, "records": []}
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        out["records"].append(kind)
+        if kind == "run":
+            out["run"] = r.run
+        elif kind == "history":
+            out["history"].append(items(r.history.item))
+        elif kind == "summary":
+            out["summary"].update(items(r.summary.update))
+    return out

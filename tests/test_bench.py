@@ -243,3 +243,20 @@ def test_checks_inputs_before_writing(tmp_path, bad):
     with pytest.raises(utils.UserError):
         bench.main(cfg)
     assert not out_dir.exists()
+
+
+def test_logging_times_the_log_steps_too(monkeypatch):
+    """Catches bench.logging being ignored: with it, train.py's logging work runs every
+    log_every steps of the timed loop (what the hidden-progress overhead is measured with)."""
+    cfg = utils.load_config(
+        bench.train.TrainConfig, ROOT / "configs/train_tiny.yaml", [*TINY, "train.log_every=4"]
+    )
+    calls = []
+    monkeypatch.setattr(
+        bench.train.Trainer, "log_record", lambda self, step, metrics: calls.append(step)
+    )
+    bench.time_ours(cfg, warmup=0, steps=12, logging=True)
+    assert calls == [4, 8, 12]
+    calls.clear()
+    bench.time_ours(cfg, warmup=0, steps=12, logging=False)
+    assert calls == []

@@ -106,6 +106,20 @@ def test_silhouette_tells_columns_from_rows():
     scores = embed.cluster_scores(pos, coords, m, n)
     assert scores["silhouette_column"] > 0.5 > scores["silhouette_row"]
     assert scores["silhouette_column_tsne"] > scores["silhouette_row_tsne"]
+    assert scores["groups_by"] == "column"
+    by_row = embed.cluster_scores(
+        np.eye(8)[rows] * 5 + 0.5 * rng.normal(size=(25, 8)), coords, m, n
+    )
+    assert by_row["groups_by"] == "row"
+
+
+def test_grouping_axis_needs_a_clear_margin():
+    """Catches naming an axis from noise: two near-equal or negative silhouettes name neither."""
+    assert embed.grouping_axis(0.21, 0.13) == "row"
+    assert embed.grouping_axis(0.13, 0.21) == "column"
+    assert embed.grouping_axis(0.15, 0.13) == "neither"
+    assert embed.grouping_axis(-0.1, -0.3) == "neither"
+    assert embed.grouping_axis(None, 0.5) == "neither"
 
 
 def test_permutation_is_undone_and_identity_changes_nothing(tiny_run):

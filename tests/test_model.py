@@ -84,14 +84,23 @@ def test_inputs_longer_than_the_position_table_are_refused():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
-def test_checkpoint_path_errors_say_how_to_make_it(tmp_path):
+def test_checkpoint_path_errors_say_how_to_make_it(tmp_path, tiny_run):
+    """Catches a hint that does not work: a missing run gets the train command that makes it; a
+    run without the step lists the steps it holds (the old hint suggested training into a folder
+    that already held a run, which train.py refuses)."""
     from model import checkpoint_path
     from utils import CkptSection
 
+    missing = tmp_path / "none"
     with pytest.raises(UserError, match="python3 train.py --config configs/train.yaml"):
+        checkpoint_path(CkptSection(run=str(missing)))
+    with pytest.raises(UserError, match="14000 in train.save_steps"):
+        checkpoint_path(CkptSection(run=str(missing), step=14000))
+    run, _ = tiny_run
+    with pytest.raises(UserError, match=r"step_014000.pt not found.*holds steps 10, 20.*step=20"):
+        checkpoint_path(CkptSection(run=str(run), step=14000))
+    with pytest.raises(UserError, match="holds no checkpoints"):
         checkpoint_path(CkptSection(run=str(tmp_path)))
-    with pytest.raises(UserError, match="step_014000.pt not found.*14000 in train.save_steps"):
-        checkpoint_path(CkptSection(run=str(tmp_path), step=14000))
 
 
 def test_analysis_data_defaults_to_the_checkpoint(tiny_run):

@@ -37,7 +37,9 @@ def test_smoke(tiny_run, tmp_path):
         keys = ["train_mse", "test_mse"] + (
             ["test_mse_observed", "test_mse_hidden"] if kind == "element" else ["test_cos"]
         )
+        keys += ["test_r2_mates"] if kind in ("row", "column") else []
         assert all(math.isfinite(r[k]) for r in rows for k in keys)
+    assert saved["better_axis"] in ("row", "column")
 
 
 def test_probe_recovers_a_linear_target_from_rank_deficient_features():
@@ -65,7 +67,73 @@ def test_targets_of_a_hand_built_matrix():
     assert row.shape == (1, 6, 3)
     assert row[0, 1].tolist() == [1, 0, 3]  # position (0, 1): its row, hidden entries as 0
     assert row[0, 5].tolist() == [-2, -4, 0]
+    column = probe.probe_target("column", batch)
+    assert column.shape == (1, 6, 2)
+    assert column[0, 1].tolist() == [0, -4]  # position (0, 1): its column, hidden as 0
+    assert column[0, 3].tolist() == [1, -2]  # position (1, 0)
+    assert column[0, 5].tolist() == [3, 0]
+    # the mates leave out the entry's own coordinate: (0, 1) is index 1 of its row, 0 of its column
+    assert probe.mates_mask("row", batch)[1].tolist() == [True, False, True]
+    assert probe.mates_mask("column", batch)[1].tolist() == [False, True]
     u = probe.probe_target("singular_vector", batch)
     expected = torch.tensor([-1.0, 2.0]) / math.sqrt(5)  # largest-magnitude entry positive
     for k in range(6):
         torch.testing.assert_close(u[0, k], expected)
+
+
+def test_mates_r2_leaves_out_what_copying_explains():
+    """Catches an R² over the row that counts the entry's own value: features that hold only the
+    entry's own value (what a copying model has) explain that coordinate perfectly and nothing
+    about its row-mates, so the mates R² is ≈ 0 while the plain R² is clearly positive."""
+    g = torch.Generator().manual_seed(0)
+    m = n = 4
+    values = torch.rand(400, m, n, generator=g) * 2 - 1
+    observed = torch.ones(400, m, n, dtype=torch.bool)
+    batch = make_batch(values, observed, DataConfig(m=m, n=n, rank=1))
+    y = probe.probe_target("row", batch).flatten(0, 1)
+    own = batch.target.flatten().unsqueeze(1)  # the entry's own value as the feature
+    onehot = torch.nn.functional.one_hot(torch.arange(m * n) % n, n).repeat(400, 1).double()
+    x = torch.cat([own * onehot, onehot], dim=1)  # own value, placed at its own coordinate
+    half = len(x) // 2
+    w = probe.fit_probe(x[:half], y[:half])
+    mates = probe.mates_mask("row", batch)[half:]
+    scores = probe.probe_scores(w, x[half:], y[half:], y[:half].double().mean(0), True, mates)
+    assert scores["r2"] > 0.2 and abs(scores["r2_mates"]) < 0.05
+
+
+def test_ridge_tames_an_ill_conditioned_fit():
+    """Catches probe.ridge being ignored: with nearly collinear features and noisy targets the
+    plain least squares extrapolates on new points, the ridge fit does not."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(40, 1, generator=g)
+    x = torch.cat([base, base + 1e-6 * torch.randn(40, 1, generator=g)], dim=1)
+    y = base + 0.1 * torch.randn(40, 1, generator=g)
+    x_new = torch.tensor([[1.0, -1.0]])  # off the line the train points lie on
+    plain = probe.with_bias(x_new.double(), True) @ probe.fit_probe(x, y)
+    ridge = probe.with_bias(x_new.double(), True) @ probe.fit_probe(x, y, ridge=1.0)
+    assert plain.abs().item() > 10 * ridge.abs().item()
+
+
+def test_figure_leaves_the_embeddings_out_and_redraws_from_summary(tiny_run, tmp_path):
+    """Catches the embedding layer's huge test MSE flattening the plot: the curves cover layers
+    1..L only, and the figure is drawn from summary.json alone."""
+    run, _ = tiny_run
+    cfg = utils.load_config(
+        probe.Config,
+        ROOT / "configs" / "probe.yaml",
+        [
+            f"ckpt.run={run}",
+            "ckpt.step=20",
+            f"out_dir={tmp_path}",
+            "device=cpu",
+            "data.num_samples=24",
+            "data.batch_size=16",
+            "probe.num_test=8",
+        ],
+    )
+    probe.main(cfg)
+    fig = probe.plot_probes(json.loads((tmp_path / "summary.json").read_text()))
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            assert list(line.get_xdata()) == [1, 2]
+    utils.close_figure(fig)

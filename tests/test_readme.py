@@ -35,3 +35,17 @@ def test_command_loads(command):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_committed_results_hold_no_machine_paths():
+    """Catches a results commit whose configs or logs name a temp or home folder of the machine
+    that made them (they should name the committed folder)."""
+    found = []
+    for path in (ROOT / "docs").rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".log", ".json", ".md", ".txt", ".jsonl"):
+            text = path.read_text(errors="replace")
+            found += [
+                f"{path.relative_to(ROOT)}: {m}"
+                for m in re.findall(r"/(?:tmp|root|home)/\S+", text)
+            ]
+    assert not found, found[:5]

@@ -309,3 +309,74 @@ def test_resume_with_dropout_equals_uninterrupted(tmp_path):
     lb = {r["step"]: r["loss"] for r in train.read_metrics(tmp_path / "b/run/metrics.jsonl")}
     both = sorted(la.keys() & lb.keys())
     assert 20 in both and [la[s] for s in both] == [lb[s] for s in both]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_progress_measures_change_nothing_in_training(tmp_path):
+    """Catches the hidden-progress measures touching the run: drawing their batch from the
+    training or eval generator, consuming torch's RNG (dropout on), or leaving the model in eval
+    mode. With and without them, weights, losses and eval losses agree bit for bit."""
+    drop = ["model.hidden_dropout_prob=0.1", "model.attention_probs_dropout_prob=0.1"]
+    train.main(tiny_config(tmp_path / "on", *drop, "train.progress=true"))
+    train.main(tiny_config(tmp_path / "off", *drop, "train.progress=false"))
+    a, b = (
+        _weights(tmp_path / "on/run/step_000020.pt"),
+        _weights(tmp_path / "off/run/step_000020.pt"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    on = train.read_metrics(tmp_path / "on/run/metrics.jsonl")
+    off = train.read_metrics(tmp_path / "off/run/metrics.jsonl")
+    for key in ("loss", "loss_mask", "eval_loss"):
+        assert [r[key] for r in on] == [r[key] for r in off]
+    assert "att_row" in on[0] and "att_row" not in off[0]
+
+
+def test_progress_measures_are_logged_with_their_meaning(tiny_run):
+    """Catches shares that are not shares (outside [0, 1], row + column + self > 1), a collapse
+    list of the wrong depth, or role counts that disagree with the shares."""
+    out_dir, summary = tiny_run
+    records = train.read_metrics(out_dir / "metrics.jsonl")
+    for r in records:
+        shares = np.array([r["att_row"], r["att_col"], r["att_self"]])  # [3, L, H]
+        assert shares.shape == (3, 2, 4) and shares.min() >= 0
+        assert (shares.sum(0) <= 1 + 1e-5).all()
+        assert len(r["collapse"]) == 3 and all(0 <= c <= 1 for c in r["collapse"])
+        assert r["copy_mse"] >= 0
+        rows = int((shares[0] > 0.5).sum())
+        assert r["row_heads"] == rows
+    assert summary["role_rule"].startswith("a head is a row")
+    assert isinstance(summary["head_roles"], list)
+
+
+def test_role_changes_name_the_step_a_head_kept_its_role_from():
+    """Catches a head's role step taken from its first visit rather than from when it stayed:
+    head (0, 1) is a row head at 10, loses it at 20, and holds it from 30 on."""
+
+    def record(step, row01):
+        row = [[0.1, row01]]
+        return {"step": step, "att_row": row, "att_col": [[0.1, 0.1]], "att_self": [[0.9, 0.0]]}
+
+    records = [record(10, 0.8), record(20, 0.3), record(30, 0.7), record(40, 0.9)]
+    changes = {(c["layer"], c["head"]): c for c in train.role_changes(records)}
+    assert changes[0, 1]["role"] == "row" and changes[0, 1]["since_step"] == 30
+    assert changes[0, 0]["role"] == "self" and changes[0, 0]["since_step"] == 10
+    assert changes[0, 1]["final_row"] == 0.9
+
+
+def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
+    """Catches the upper-right legend covering L and L_mask, eval_loss not drawn, and the progress
+    panels missing from loss.png."""
+    out_dir, summary = tiny_run
+    records = train.read_metrics(out_dir / "metrics.jsonl")
+    fig = utils.loss_figure(records, summary, "tiny", (4, 4), train.final_roles(records))
+    losses, heads, collapse = fig.axes[:3]
+    labels = [line.get_label() for line in losses.get_lines()]
+    assert any("eval" in label for label in labels) and any("L_mask" in label for label in labels)
+    for ax in (losses, heads, collapse):
+        legend = ax.get_legend()
+        assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1
+    assert len(collapse.get_lines()) == 3  # embeddings and 2 layers
+    utils.close_figure(fig)
