@@ -97,18 +97,18 @@ def main(cfg: CopyCheckConfig) -> dict:
     sections = cfg.ckpt.sections()
     for section in sections:  # a missing checkpoint stops the script before any work
         checkpoint_path(section)
-    model, ckpt = load_from_section(sections[0], device)
+    models = [load_from_section(section, device) for section in sections]  # all load first
+    model, ckpt = models[0]
     data_cfg = analysis_data_config(ckpt, cfg.data, model)  # every checkpoint sees this data
+    for later, _ in models[1:]:
+        check_fits(later.config, data_cfg.vocab_size, data_cfg.max_tokens)
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     sampler = MatrixSampler(data_cfg, "cpu", seed=cfg.seed)
     batch = sampler.sample(cfg.data.num_samples)
     random_batch = sampler.sample_full_rank(cfg.data.num_samples)
     conds = conditions(batch, random_batch, cfg.copy.replace_values, data_cfg)
     rows = []
-    for i, section in enumerate(sections):
-        if i > 0:
-            model, ckpt = load_from_section(section, device)
-            check_fits(model.config, data_cfg.vocab_size, data_cfg.max_tokens)
+    for model, ckpt in models:
         for row in check_model(model, conds, cfg.data.batch_size, device):
             rows.append({"step": ckpt.get("step"), **row})
     columns = ["step", "input", *LOSSES, "mse_to_value"]

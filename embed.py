@@ -693,21 +693,19 @@ def run_pos_tsne(ctx: Context) -> tuple[dict, list[dict]]:
     return summary, _as_rows(summary)
 
 
-def progress_steps(ctx: Context) -> list[int]:
+def progress_steps(cfg: EmbedConfig) -> list[int]:
     """`ckpt.steps`, or every checkpoint in `ckpt.run` when that list is empty."""
-    section = ctx.cfg.ckpt
+    section = cfg.ckpt
     if section.path:
-        raise UserError(
-            f"{ctx.cfg.exp_type} needs ckpt.run with ckpt.steps; ckpt.path names one file"
-        )
+        raise UserError(f"{cfg.exp_type} needs ckpt.run with ckpt.steps; ckpt.path names one file")
     steps = section.steps or list(checkpoints(utils.resolve_path(section.run)))
     if not steps:
-        raise UserError(f"no checkpoints in {section.run} for {ctx.cfg.exp_type}")
+        raise UserError(f"no checkpoints in {section.run} for {cfg.exp_type}")
     return steps
 
 
 def _each_checkpoint(ctx: Context) -> Iterator[tuple[int, MatrixBert]]:
-    for step in progress_steps(ctx):
+    for step in progress_steps(ctx.cfg):
         model, ckpt = load_from_section(ctx.cfg.ckpt, ctx.device, step=step)
         yield int(ckpt.get("step", step)), model
 
@@ -790,6 +788,9 @@ def main(cfg: EmbedConfig) -> dict:
     model, ckpt = load_from_section(cfg.ckpt, device)
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
     values, ids = value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
+    if cfg.exp_type.endswith("progress"):  # every checkpoint loads before anything is written
+        for step in progress_steps(cfg):
+            load_from_section(cfg.ckpt, device, step=step)
     out_dir = utils.prepare_output(Path(cfg.out_dir) / cfg.exp_type, cfg)
     ctx = Context(cfg, model, ckpt.get("step"), data_cfg, values, ids, out_dir, device)
     summary, rows = EXPERIMENTS[cfg.exp_type](ctx)

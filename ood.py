@@ -30,7 +30,7 @@ from compare_nuc_bert import compare_batch
 from cvx_nuc_norm import SOLVERS
 from data import DISTRIBUTIONS, Batch, DataConfig, MatrixSampler, make_batch, round_values
 from model import analysis_data_config, load_from_section, trained_data_config
-from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
+from utils import AnalysisData, CkptSection, DataRangeError, UserError, WandbConfig, opt
 
 MAX_DRAWS = 100  # draw at most this many times the matrices needed before giving up
 
@@ -110,7 +110,7 @@ def draw_in_vocabulary(cfg: DataConfig, num: int, seed: int) -> tuple[Batch, flo
     kept, drawn, have = [], 0, 0
     while have < num:
         if drawn >= MAX_DRAWS * num:
-            raise UserError(
+            raise DataRangeError(
                 f"fewer than 1 in {MAX_DRAWS} {cfg.distribution} matrices (scale {cfg.scale}) fit "
                 f"the vocabulary [{cfg.min_vocab}, {cfg.max_vocab}]; use a smaller scale"
             )

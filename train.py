@@ -514,6 +514,26 @@ def stop_requests() -> Iterator[dict]:
             signal.signal(sig, h)
 
 
+@contextlib.contextmanager
+def _clear_on_error(bar: tqdm) -> Iterator[None]:
+    """Wipe the progress bar when the loop fails, so the error is the one line left."""
+    try:
+        yield
+    except BaseException:
+        bar.leave = False
+        _close(bar)
+        raise
+
+
+def _close(bar: tqdm) -> None:
+    """Close the bar; in a log file (not a terminal) end its last line, so that what is
+    printed next starts a line of its own."""
+    shown = bar.n > bar.initial or bar.last_print_n > bar.initial
+    bar.close()
+    if shown and not sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
 def resume_command() -> str:
     """The command line that started this process, with --train.resume=true."""
     args = [a for a in sys.argv[1:] if not a.startswith("--train.resume")]
@@ -540,8 +560,10 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     elapsed0 = records[-1]["time"] if records else 0.0
     start = time.perf_counter()
     last_log = (start, trainer.step_count)
-    bar = tqdm(total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, mininterval=1.0)
-    with open(metrics_path, "a") as log, stop_requests() as stop:
+    bar = tqdm(
+        total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, mininterval=1.0, delay=2.0
+    )
+    with open(metrics_path, "a") as log, stop_requests() as stop, _clear_on_error(bar):
         while trainer.step_count < t.steps:
             metrics = trainer.step()
             step = trainer.step_count
@@ -553,7 +575,6 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
             if not (saving or logging or extra):
                 continue
             if bool(trainer.nonfinite):
-                bar.close()
                 kept = max(checkpoints(out_dir), default=None)
                 raise UserError(
                     f"loss became non-finite by step {step}; stopped (last good checkpoint: "
@@ -582,7 +603,8 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
                     utils.log_wandb_step(run, cfg.wandb, step, path, trainer.wandb_images(step))
             if stopping:
                 break
-    bar.close()
+    bar.leave = stop["signal"] is None  # interrupted: the message below says where it stopped
+    _close(bar)
     summary = trainer.summarize(records, elapsed0 + time.perf_counter() - start, out_dir)
     utils.write_json(out_dir / "summary.json", summary)
     if records:
@@ -618,12 +640,19 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     print(f"outputs in {out_dir}")
 
 
+MODEL_TOO_BIG = "lower the model's size or the vocabulary (data.prec, data.min_vocab, max_vocab)"
+BATCH_TOO_BIG = "lower train.batch_size (or train.num_eval)"
+
+
 def main(cfg: TrainConfig) -> dict:
+    utils.choose_device(cfg.train.device)  # a bad device stops the run before any file is touched
     out_dir, resume_from = prepare_out_dir(cfg)
-    trainer = Trainer(cfg)
+    with utils.allocation_errors(MODEL_TOO_BIG):
+        trainer = Trainer(cfg)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters on {trainer.device}; writing to {out_dir}")
-    summary = fit(cfg, trainer, out_dir, resume_from)
+    with utils.allocation_errors(BATCH_TOO_BIG):
+        summary = fit(cfg, trainer, out_dir, resume_from)
     print_summary(summary, out_dir)
     return summary
 

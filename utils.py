@@ -8,6 +8,7 @@ script with one line that names the key and the file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,7 +17,8 @@ import random
 import sys
 import types
 import typing
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -523,8 +525,23 @@ def format_matrix(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tens
 # Files
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (where the OS allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
+    """Write via a temp file, fsync, rename, fsync the folder: a crash never leaves a
+    half-written file, and a written one survives a power cut."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -532,6 +549,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -570,11 +588,32 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """`torch.save` to a temp file, then rename: an interrupted save never leaves a torn file."""
+    """`torch.save` to a temp file, fsync, rename, fsync the folder: an interrupted save never
+    leaves a torn file under the checkpoint's name (train.py removes stale temp files)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def allocation_errors(hint: str) -> Iterator[None]:
+    """Turn an allocation failure (CPU or GPU memory) inside the block into a one-line error
+    that says which options to lower."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise UserError(f"out of memory ({type(e).__name__}): {hint}") from None
+    except RuntimeError as e:
+        text = str(e)
+        if "can't allocate" in text or "out of memory" in text or "not enough memory" in text:
+            first = text.strip().splitlines()[0][:160]
+            raise UserError(f"out of memory ({first}): {hint}") from None
+        raise
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
@@ -583,7 +622,9 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for a torn or foreign file
         text = str(e).strip()
         if "weights only load failed" in text.lower() or "unpickl" in text.lower():
@@ -885,7 +926,8 @@ def detect_drop(
     which the loss falls below level / `drop_ratio` for good is the one that ends in the drop.
     The drop ends at the first point below level / `drop_ratio`, and starts at the last point
     before that where the smoothed loss is still within a factor `onset_ratio` of the level.
-    Returns plateau_loss, drop_step, drop_end_step (None where there is no such drop).
+    Returns plateau_loss, drop_step, drop_end_step (None where there is no such drop). Without a
+    drop, plateau_loss is still the level of the flat stretch the run ends on, if it has one.
     """
     none = {"plateau_loss": None, "drop_step": None, "drop_end_step": None}
     steps_a = np.asarray(steps, dtype=float)
@@ -915,6 +957,12 @@ def detect_drop(
             "drop_step": int(steps_a[start]),
             "drop_end_step": int(steps_a[end]),
         }
+    # No drop: the level of the flat stretch the run ends on, if it ends on one.
+    a = len(s) - 1
+    while a > 0 and max(s[a - 1 :]) - min(s[a - 1 :]) <= flat:
+        a -= 1
+    if len(s) - a >= 3 and steps_a[-1] - steps_a[a] >= min_span:
+        return {**none, "plateau_loss": float(10 ** np.median(s[a:]))}
     return none
 
 

@@ -146,7 +146,7 @@ def test_redraw_refuses_a_folder_it_cannot_place(tmp_path):
     redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
     with pytest.raises(UserError, match="no config.yaml"):
         redraw(tmp_path)
-    (tmp_path / "config.yaml").write_text("seed: 0\nprobe: {}\n")
+    (tmp_path / "config.yaml").write_text("seed: 0\nswitch: {}\n")
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(UserError, match="matches no script.*patch \\(patch\\)"):
         redraw(tmp_path)
@@ -160,7 +160,16 @@ def test_redraw_refuses_a_folder_it_cannot_place(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["compare_nuc_bert", "uniform_ablation", "patch", "embed", "probe", "train"]
+    "script",
+    [
+        "att_maps",
+        "compare_nuc_bert",
+        "uniform_ablation",
+        "patch",
+        "embed",
+        "probe",
+        "switch_models",
+    ],
 )
 def test_redraw_tells_the_scripts_apart_by_their_configs(script):
     """Each script's own config file maps to it, and no other script's config maps to any of the

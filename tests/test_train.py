@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_config
+from conftest import ROOT, TINY, tiny_config
 
 import train
 import utils
@@ -380,3 +380,103 @@ def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
         assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1
     assert len(collapse.get_lines()) == 3  # embeddings and 2 layers
     utils.close_figure(fig)
+
+
+def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
+    """Catches Ctrl-C losing the run (a traceback, no checkpoint, no summary or plot) and a resume
+    from that checkpoint that differs from an uninterrupted run."""
+    import signal
+    import time
+
+    base = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs/train_tiny.yaml"),
+    ]
+    base += [f"--{o}" for o in TINY if not o.startswith(("train.steps", "train.save_steps"))]
+    base += ["--train.log_every=5", "--train.save_steps=[]"]
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*base, "--train.steps=100000", f"--train.out_dir={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.time() + 120
+    while len(train.read_metrics(out / "metrics.jsonl")) < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: SIGINT at step ") and "--train.resume=true" in last
+    step = max(train.checkpoints(out))
+    assert f"step_{step:06d}.pt" in last
+    assert (out / "summary.json").is_file() and (out / "loss.png").is_file()
+    resume = [*base, f"--train.steps={step + 7}", f"--train.out_dir={out}", "--train.resume=true"]
+    assert subprocess.run(resume, capture_output=True, cwd=ROOT).returncode == 0
+    whole = [*base, f"--train.steps={step + 7}", f"--train.out_dir={tmp_path / 'whole'}"]
+    assert subprocess.run(whole, capture_output=True, cwd=ROOT).returncode == 0
+    a = _weights(out / f"step_{step + 7:06d}.pt")
+    b = _weights(tmp_path / "whole" / f"step_{step + 7:06d}.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_a_kill_before_any_checkpoint_starts_clean(tmp_path):
+    """Catches duplicate metrics.jsonl records ([5, 10, 5, 10, 15, 20]) after resuming a run that
+    was killed before its first checkpoint, and a torn last line stopping the resume."""
+    cfg = tiny_config(tmp_path, "train.save_steps=[]", "train.save_every=0")
+    log = tmp_path / "run" / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 1.0}\n{"step": 15, "lo')
+    with pytest.raises(UserError, match="logged 2 steps but saved no checkpoint"):
+        train.main(cfg)
+    train.main(
+        tiny_config(tmp_path, "train.save_steps=[]", "train.save_every=0", "train.resume=true")
+    )
+    assert [r["step"] for r in train.read_metrics(log)] == [5, 10, 15, 20]
+
+
+def test_help_shows_the_values_the_config_sets():
+    """Catches --help printing the code's defaults where the given config says otherwise
+    (precision fp32 where configs/train.yaml sets bf16)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--config",
+            str(ROOT / "configs/train.yaml"),
+            "--help",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("--train.precision"))
+    assert "here 'bf16'" in line
+
+
+def test_no_drop_still_reports_the_plateau():
+    """Catches summary.json's plateau loss missing after a run that stayed flat."""
+    steps = list(range(100, 13_100, 100))
+    flat = [0.033 * (1 + 0.05 * ((i % 7) - 3) / 3) for i in range(len(steps))]
+    found = utils.detect_drop(steps, [0.2, 0.1, 0.05, *flat[3:]])
+    assert found["drop_step"] is None and found["plateau_loss"] == pytest.approx(0.033, rel=0.05)
+    falling = [0.1 * 0.9**i for i in range(len(steps))]  # never flat over 5 % of the run
+    assert utils.detect_drop(steps, falling)["plateau_loss"] is None
+
+
+def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    """Catches a save that renames a file not yet on disk (a power cut could leave an empty
+    latest checkpoint) or never syncs the folder holding the rename."""
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real(fd)))
+    utils.save_checkpoint(tmp_path / "step_000001.pt", {"model": {}})
+    import stat
+
+    assert [stat.S_ISREG(m) for m in synced] == [True, False]  # the file, then its folder

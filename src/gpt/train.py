@@ -367,10 +367,12 @@ def print_summary(summary: dict, out_dir: Path) -> None:
 
 def main(cfg: GPTTrainConfig) -> dict:
     out_dir, resume_from = bert_train.prepare_out_dir(cfg)
-    trainer = GPTTrainer(cfg)
+    with utils.allocation_errors(bert_train.MODEL_TOO_BIG):
+        trainer = GPTTrainer(cfg)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters on {trainer.device}; writing to {out_dir}")
-    summary = bert_train.fit(cfg, trainer, out_dir, resume_from)
+    with utils.allocation_errors(bert_train.BATCH_TOO_BIG):
+        summary = bert_train.fit(cfg, trainer, out_dir, resume_from)
     print_summary(summary, out_dir)
     return summary
 
