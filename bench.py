@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
@@ -106,14 +107,21 @@ def time_ours(
     """Time `Trainer.step` (with `logging`, and `Trainer.log_record` every `log_every` steps);
     with `profile_steps`, then profile that many more steps."""
     trainer = train.Trainer(cfg)
+    logged = []  # seconds of each logging step's extra work
 
     def step():
         metrics = trainer.step()
         if logging and trainer.step_count % cfg.train.log_every == 0:
+            start = time.perf_counter()
             trainer.log_record(trainer.step_count, metrics)
+            logged.append(time.perf_counter() - start)
 
     result = _timed(step, trainer.device, warmup, steps)
     result["tflops"] = flops_per_step(cfg, trainer.model) * result["steps_per_s"] / 1e12
+    if logging:
+        timed = logged[-(steps // cfg.train.log_every) :] if steps >= cfg.train.log_every else []
+        result["log_ms"] = 1e3 * sum(timed) / len(timed) if timed else None
+        result["log_share"] = sum(timed) / result["seconds"] if timed else None
     if profile_steps:
         result["profile"] = profile_ours(trainer, profile_steps)
     return result
@@ -386,6 +394,34 @@ def prepare_out_dir(path: str) -> Path:
     return out_dir
 
 
+def plot_runs(summary: dict) -> Any:
+    """bench.png: steps/s of every loop timed, side by side, with the share of the time spent in
+    logging steps where it was timed (bench.logging)."""
+    plt = utils.pyplot()
+    runs = summary["runs"]
+    names = list(runs)
+    with plt.rc_context(utils.plot_style()):
+        fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.6), layout="constrained")
+        rates = [runs[k]["steps_per_s"] for k in names]
+        bars = ax.barh(range(len(names)), rates, color="tab:blue")
+        for bar, k in zip(bars, names):
+            share = runs[k].get("log_share")
+            text = f" {runs[k]['steps_per_s']:.2f}" + (
+                f"  (logging {share:.1%} of the time)" if share is not None else ""
+            )
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, text, va="center")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(rates) * 1.45)
+        ax.set_xlabel("optimizer steps per second (higher is faster)")
+        ax.set_title(
+            f"{summary['train_config']} on {summary['device']} "
+            f"({summary.get('cpu_threads')} CPU threads)",
+            fontsize=9,
+        )
+    return fig
+
+
 def main(cfg: BenchConfig) -> dict:
     b = cfg.bench
     # Every input is checked before anything is written or timed.
@@ -424,13 +460,19 @@ def main(cfg: BenchConfig) -> dict:
         summary["speedup"] = (
             runs[label]["steps_per_s"] / runs["baseline (authors'-style loop)"]["steps_per_s"]
         )
+    fig = plot_runs(summary)
+    utils.save_figure(fig, out_dir, "bench")
+    utils.close_figure(fig)
     utils.write_json(out_dir / "summary.json", summary)
     width = max(len(k) for k in runs)
     print(f"{summary['device']}, {summary['tflop_per_step']:.3f} TFLOP per step")
     for name, r in runs.items():
         mem = f"{r['peak_mem_gib']:.2f} GiB" if r["peak_mem_gib"] is not None else "—"
         rate = f"{r['steps_per_s']:8.2f} steps/s  {r['tflops']:7.2f} TFLOP/s"
-        print(f"{name:<{width}}  {rate}  {mem}")
+        logs = ""
+        if r.get("log_share") is not None:
+            logs = f"  logging: {r['log_ms']:.1f} ms per log step, {r['log_share']:.2%} of the time"
+        print(f"{name:<{width}}  {rate}  {mem}{logs}")
     if b.baseline:
         print(f"speed-up over the baseline: {summary['speedup']:.2f}×")
     for name, r in runs.items():

@@ -8,8 +8,11 @@ the same mask (`data.corrupt`). The clean run caches every head's z (`hook_z`, i
 the attention output projection); the corrupted run is repeated with the clean z patched in at
 `patch.layers` × `patch.heads` × `patch.positions` (null = all; negative layers count from the
 end; the authors: every head and position of the last layer, `layers: [-1]`) through
-`modeling_bert.patch_z_hooks`. Reported: the MSE of the patched output against X and against −X,
-at observed and at hidden entries, beside the clean and the corrupted runs.
+`modeling_bert.patch_z_hooks`. `patch.heads` may name a role instead of indices (row, column,
+self, row+column): this checkpoint's own heads with that role (model.ROLE_RULE) within
+`patch.layers`, e.g. `--patch.layers=null --patch.heads=row+column`. Reported: the MSE of the
+patched output against X and against −X, at observed and at hidden entries, beside the clean and
+the corrupted runs.
 
 Beyond the authors, two sweeps, each scored by the share of the clean–corrupted gap that the
 patch restores at hidden entries (`patch.sweep_entries`; `observed` suits a model that only copies):
@@ -42,7 +45,14 @@ import torch
 
 import utils
 from data import Batch, MatrixSampler, corrupt
-from model import MatrixBert, analysis_data_config, load_from_section, resolve_indices
+from model import (
+    ROLE_RULE,
+    MatrixBert,
+    analysis_data_config,
+    load_from_section,
+    resolve_heads,
+    resolve_indices,
+)
 from modeling_bert import act_name, patch_hooks, patch_z_hooks
 from utils import AnalysisData, CkptSection, WandbConfig, opt
 
@@ -60,7 +70,11 @@ Intervention = Callable[[dict], list]
 @dataclass
 class PatchSection:
     layers: list[int] | None = opt([-1], "layers whose z is patched; null: all; −1: the last")
-    heads: list[int] | None = opt(None, "heads patched in those layers; null: all")
+    heads: list[int] | str | None = opt(
+        None,
+        "heads patched in those layers; null: all; or a role (row, column, self, row+column): "
+        "this model's heads with that role in those layers",
+    )
     positions: list[int] | None = opt(None, "positions (row-major i·n + j) patched; null: all")
     head_sweep: bool = opt(True, "also patch every (layer, head) alone")
     position_sweep: bool = opt(True, "also patch every (layer, position) alone")
@@ -137,15 +151,31 @@ def score(preds: dict[str, torch.Tensor], target: torch.Tensor, observed: torch.
     return rows
 
 
-def chosen_patch(cfg: PatchSection, model: MatrixBert, t: int) -> dict:
-    """The main patch's layers, heads and positions, checked (None = all heads / positions)."""
+def chosen_patch(cfg: PatchSection, model: MatrixBert, t: int, batches: list[Batch]) -> dict:
+    """The main patch's layers, heads and positions, checked (None = all heads / positions).
+    Heads named by role are resolved on `batches` (model.resolve_heads) into `pairs`, the
+    (layer, head) pairs of that role within the chosen layers."""
     c = model.config
     layers = resolve_indices(cfg.layers, c.num_hidden_layers, "patch.layers")
-    return {
-        "layers": list(range(c.num_hidden_layers)) if layers is None else layers,
-        "heads": resolve_indices(cfg.heads, c.num_attention_heads, "patch.heads"),
-        "positions": resolve_indices(cfg.positions, t, "patch.positions"),
-    }
+    layers = list(range(c.num_hidden_layers)) if layers is None else layers
+    positions = resolve_indices(cfg.positions, t, "patch.positions")
+    if isinstance(cfg.heads, str):
+        pairs, how = resolve_heads(cfg.heads, model, batches, "patch.heads")
+        pairs = [[i, h] for i, h in pairs if i in layers]
+        return {"layers": layers, "heads": cfg.heads, "pairs": pairs, "positions": positions}
+    heads = resolve_indices(cfg.heads, c.num_attention_heads, "patch.heads")
+    return {"layers": layers, "heads": heads, "positions": positions}
+
+
+def main_patch_hooks(cache: dict, chosen: dict) -> list:
+    """Hooks of the main patch: layers × heads × positions, or the role's (layer, head) pairs."""
+    if "pairs" not in chosen:
+        return patch_z_hooks(cache, chosen["layers"], chosen["heads"], chosen["positions"])
+    hooks = []
+    for layer in sorted({i for i, _ in chosen["pairs"]}):
+        heads = [h for i, h in chosen["pairs"] if i == layer]
+        hooks += patch_z_hooks(cache, [layer], heads, chosen["positions"])
+    return hooks
 
 
 def interventions_for(
@@ -153,11 +183,7 @@ def interventions_for(
 ) -> dict[str, Intervention]:
     """The main patch plus the sweeps, keyed `patched`, `head L H` and `position L P`."""
     c = model.config
-    out: dict[str, Intervention] = {
-        "patched": lambda cache: patch_z_hooks(
-            cache, chosen["layers"], chosen["heads"], chosen["positions"]
-        )
-    }
+    out: dict[str, Intervention] = {"patched": lambda cache: main_patch_hooks(cache, chosen)}
     if cfg.head_sweep:
         for i in range(c.num_hidden_layers):
             for h in range(c.num_attention_heads):
@@ -297,11 +323,11 @@ def main(cfg: Config) -> dict:
     data_cfg = analysis_data_config(ckpt, cfg.data, model)
     data_cfg.sizes = []  # one size: the sweeps index the positions of an m×n matrix
     m, n = data_cfg.m, data_cfg.n
-    chosen = chosen_patch(cfg.patch, model, m * n)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     utils.seed_everything(cfg.seed)
     sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
     batches = sampler.sample_many(cfg.data.num_samples, cfg.data.batch_size, m, n)
+    chosen = chosen_patch(cfg.patch, model, m * n, batches)
+    out_dir = utils.prepare_output(cfg.out_dir, cfg)
     pairs = [(clean, corrupt(clean, data_cfg)) for clean in batches]
     preds = patched_predictions(model, pairs, interventions_for(cfg.patch, chosen, model, m * n))
     target = torch.cat([clean.target for clean, _ in pairs])
@@ -324,7 +350,12 @@ def main(cfg: Config) -> dict:
     what = (
         f"step {step}: MSE against X (x_) and against −X (neg_x_) at observed and hidden entries; "
         f"`patched`: input −X, clean z patched in at layers {chosen['layers']}, heads "
-        f"{chosen['heads'] or 'all'}, positions {chosen['positions'] or 'all'} (0-based); "
+        + (
+            f"{chosen['heads']} ({ROLE_RULE}): [layer, head] {chosen['pairs']}"
+            if "pairs" in chosen
+            else f"{chosen['heads'] or 'all'}"
+        )
+        + f", positions {chosen['positions'] or 'all'} (0-based); "
         "`restored_*`: share of the clean–corrupted gap closed at those entries"
     )
     print(what + "\n" + table)

@@ -316,16 +316,23 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     return paths, []
 
 
+AXIS_MARGIN = 0.05  # how much more of the row-/column-mates' variance a probe must explain
+
+
 def line_verdict(results: dict) -> dict:
-    """For the row and column targets: the mates R² at the first and last layer and its rise, and
-    which of the two this model's last layer holds better (the transposition question)."""
+    """For the row and column targets: the mates R² at the first and last layer and its rise; and
+    `better_axis`, the one of the two this model's last layer holds better (the transposition
+    question): row or column when its mates R² is above AXIS_MARGIN and above the other's by
+    AXIS_MARGIN, else neither."""
     out = {}
     for kind in LINES:
         if kind in results and results[kind][-1].get("test_r2_mates") is not None:
             first, last = results[kind][1]["test_r2_mates"], results[kind][-1]["test_r2_mates"]
             out[kind] = {"first_layer": first, "last_layer": last, "rise": last - first}
     if len(out) == 2:
-        out["better_axis"] = max(("row", "column"), key=lambda k: out[k]["last_layer"])
+        row, col = out["row"]["last_layer"], out["column"]["last_layer"]
+        best, top, low = ("row", row, col) if row >= col else ("column", col, row)
+        out["better_axis"] = best if top > AXIS_MARGIN and top - low > AXIS_MARGIN else "neither"
     return out
 
 
@@ -363,7 +370,11 @@ def main(cfg: Config) -> dict:
             f"{utils.fmt(verdict['row']['last_layer'])}, column-mates R² "
             f"{utils.fmt(verdict['column']['first_layer'])} → "
             f"{utils.fmt(verdict['column']['last_layer'])} (layer 1 → {len(results['row']) - 1}): "
-            f"the last layer holds the {verdict['better_axis']}s better.\n"
+            + (
+                f"the last layer holds the {verdict['better_axis']}s better.\n"
+                if verdict["better_axis"] != "neither"
+                else f"neither is held better by more than {AXIS_MARGIN}.\n"
+            )
         )
     print(text)
     draw_figures(summary, out_dir)

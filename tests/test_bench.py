@@ -260,3 +260,27 @@ def test_logging_times_the_log_steps_too(monkeypatch):
     calls.clear()
     bench.time_ours(cfg, warmup=0, steps=12, logging=False)
     assert calls == []
+
+
+def test_logging_share_and_figure(tmp_path):
+    """Catches the logging time not measured (the hidden-progress overhead would be invisible) and
+    a bench with no figure of its loops."""
+    overrides = [o for o in TINY if not o.startswith("train.steps")] + ["train.log_every=5"]
+    cfg = utils.load_config(
+        bench.BenchConfig,
+        ROOT / "configs/bench.yaml",
+        [
+            "bench.train_config=configs/train_tiny.yaml",
+            f"bench.overrides={json.dumps(overrides)}",
+            f"bench.variants={json.dumps(['train.progress=false'])}",
+            "bench.baseline=false",
+            "bench.logging=true",
+            "bench.warmup_steps=2",
+            "bench.steps=10",
+            f"bench.out_dir={tmp_path / 'b'}",
+        ],
+    )
+    runs = bench.main(cfg)["runs"]
+    assert (tmp_path / "b" / "bench.png").is_file()
+    for r in runs.values():
+        assert 0 < r["log_share"] < 1 and r["log_ms"] > 0

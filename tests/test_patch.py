@@ -183,3 +183,30 @@ def test_redraw_tells_the_scripts_apart_by_their_configs(script):
     else:
         with pytest.raises(UserError, match="matches no script"):
             registry["detect"](config, ROOT)
+
+
+def test_heads_by_role_patch_only_those_heads(tiny_run, tmp_path, monkeypatch):
+    """Catches a role resolved outside patch.layers, or patched at every head of a layer: with
+    one row head in layer 1, the main patch equals patching that (layer, head) alone."""
+    import model as model_module
+
+    real = model_module.attention_summary
+    roles = [["row", "other", "other", "other"], ["other", "row", "other", "other"]]
+    monkeypatch.setattr(
+        model_module,
+        "attention_summary",
+        lambda m, b, mean_pattern=False: {**real(m, b), "roles": roles},
+    )
+    summary = patch.main(_cfg(tiny_run, tmp_path, "patch.heads=row", "patch.layers=[1]"))
+    assert summary["patched"]["pairs"] == [[1, 1]]
+    single = summary["runs"]["patched"]["x_hidden"]
+    alone = patch.main(
+        _cfg(
+            tiny_run,
+            tmp_path,
+            "patch.heads=[1]",
+            "patch.layers=[1]",
+            "out_dir=" + str(tmp_path / "b"),
+        )
+    )
+    assert single == alone["runs"]["patched"]["x_hidden"]

@@ -106,3 +106,12 @@ def test_results_json_holds_each_stage_summary_under_its_folder(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "results.json").read_text()) == summaries
+
+
+def test_gpu_probe_commands_load():
+    """Every command scripts/gpu_probe.sh would run on a GPU takes its config (both models)."""
+    done = subprocess.run(
+        ["bash", "scripts/gpu_probe.sh", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok:", "paper", "ok:", "deep", "ok:", "probe,", "embed"]

@@ -133,3 +133,49 @@ def test_redraw_rebuilds_the_sweep_from_summary_json(tiny_run, tmp_path):
     out = tmp_path / "out"
     (out / "ablation_sweep.png").unlink()
     assert redraw(out) == ("uniform_ablation", [out / "ablation_sweep.png"], [])
+
+
+def _forced_roles(monkeypatch, roles):
+    """Make model.resolve_heads see `roles` ([layer][head]) whatever the checkpoint does."""
+    import model as model_module
+
+    real = model_module.attention_summary
+
+    def fake(m, batches, mean_pattern=False):
+        return {**real(m, batches, mean_pattern), "roles": roles}
+
+    monkeypatch.setattr(model_module, "attention_summary", fake)
+
+
+def test_heads_by_role_come_from_the_checkpoint_with_controls(tiny_run, tmp_path, monkeypatch):
+    """Catches a role name that is not resolved to this model's own heads (or resolved to the
+    wrong role), and controls that reuse the ablated heads."""
+    _forced_roles(monkeypatch, [["other", "row", "other", "column"], ["row", "other"] * 2])
+    summary = uniform_ablation.main(
+        _cfg(
+            tiny_run, tmp_path, "ablation.heads=row", "ablation.controls=3", "ablation.sweep=false"
+        )
+    )
+    assert summary["heads"] == [[0, 1], [1, 0], [1, 2]]
+    assert summary["heads_chosen_by"]["by_role"] == "row"
+    assert len(summary["controls"]) == 3
+    for control in summary["controls"]:
+        assert len(control["heads"]) == 3 and not set(map(tuple, control["heads"])) & {
+            (0, 1),
+            (1, 0),
+            (1, 2),
+        }
+
+
+def test_a_role_with_no_heads_ablates_nothing(tiny_run, tmp_path, monkeypatch):
+    _forced_roles(monkeypatch, [["other"] * 4, ["other"] * 4])
+    summary = uniform_ablation.main(
+        _cfg(tiny_run, tmp_path, "ablation.heads=column", "ablation.sweep=false")
+    )
+    assert summary["heads"] == [] and summary["ablated"] == summary["no_ablation"]
+    assert "controls" not in summary
+
+
+def test_an_unknown_role_is_named(tiny_run, tmp_path):
+    with pytest.raises(UserError, match="'ablation.heads' = 'diagonal': not a role"):
+        uniform_ablation.main(_cfg(tiny_run, tmp_path, "ablation.heads=diagonal"))
