@@ -740,10 +740,18 @@ def loss_figure(
                 a.axvline(drop["drop_step"], color="k", ls="--", lw=0.9, label="drop starts")
             a.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
         axes[-1].set_xlabel("step")
+        axes[-1].xaxis.set_major_formatter(_steps_formatter())
         if len(steps) == 1:
             for a in axes:
                 a.set_xlim(steps[0] - 1, steps[0] + 1)
     return fig
+
+
+def _steps_formatter() -> Any:
+    """Step ticks as 2.5k, 10k ... so that long runs' labels do not run into each other."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}")
 
 
 def _plot_head_shares(
@@ -927,7 +935,7 @@ def detect_drop(
     The drop ends at the first point below level / `drop_ratio`, and starts at the last point
     before that where the smoothed loss is still within a factor `onset_ratio` of the level.
     Returns plateau_loss, drop_step, drop_end_step (None where there is no such drop). Without a
-    drop, plateau_loss is still the level of the flat stretch the run ends on, if it has one.
+    (finished) drop, plateau_loss is still the level of the run's longest flat stretch, if any.
     """
     none = {"plateau_loss": None, "drop_step": None, "drop_end_step": None}
     steps_a = np.asarray(steps, dtype=float)
@@ -957,12 +965,19 @@ def detect_drop(
             "drop_step": int(steps_a[start]),
             "drop_end_step": int(steps_a[end]),
         }
-    # No drop: the level of the flat stretch the run ends on, if it ends on one.
-    a = len(s) - 1
-    while a > 0 and max(s[a - 1 :]) - min(s[a - 1 :]) <= flat:
-        a -= 1
-    if len(s) - a >= 3 and steps_a[-1] - steps_a[a] >= min_span:
-        return {**none, "plateau_loss": float(10 ** np.median(s[a:]))}
+    # No drop (or not yet complete): the level of the longest flat stretch, if there is one.
+    best = None
+    for a in range(len(s)):
+        lo = hi = s[a]
+        b = a
+        while b + 1 < len(s) and max(hi, s[b + 1]) - min(lo, s[b + 1]) <= flat:
+            b += 1
+            lo, hi = min(lo, s[b]), max(hi, s[b])
+        if b - a >= 2 and steps_a[b] - steps_a[a] >= min_span:
+            if best is None or steps_a[b] - steps_a[a] > steps_a[best[1]] - steps_a[best[0]]:
+                best = (a, b)
+    if best is not None:
+        return {**none, "plateau_loss": float(10 ** np.median(s[best[0] : best[1] + 1]))}
     return none
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The probe question of docs/RESULTS.md (paper Fig. 6) on a GPU, one call per model: train, then
 # probe the last checkpoint for the row and the column (least squares as the authors, and ridge),
-# and measure how its positional embeddings group (pos_tsne: raw-space silhouettes).
+# measure how its positional embeddings group (pos_tsne: raw-space silhouettes), find its row and
+# column heads (att_maps) and ablate them beside random heads (uniform_ablation by role).
 #
 #   bash scripts/gpu_probe.sh OUT_DIR paper TIME_S   # configs/train.yaml: 4 layers × 8 heads
 #   bash scripts/gpu_probe.sh OUT_DIR deep TIME_S    # the authors' probe.yaml: 12 layers × 12 heads
@@ -39,7 +40,10 @@ if [[ $out == --check ]]; then
   python3 probe.py --config configs/probe.yaml "--probe.targets=[element,row,column]" \
     --probe.ridge=1.0 --print-config > /dev/null || exit 1
   python3 embed.py --config configs/embed.yaml --exp_type=pos_tsne --print-config > /dev/null || exit 1
-  echo "ok: probe, embed"
+  python3 att_maps.py --config configs/att_maps.yaml --ckpt.steps=[] --print-config > /dev/null || exit 1
+  python3 uniform_ablation.py --config configs/uniform_ablation.yaml --ablation.heads=row \
+    --print-config > /dev/null || exit 1
+  echo "ok: probe, embed, att_maps, uniform_ablation"
   exit 0
 fi
 which=${2:?$usage}
@@ -69,5 +73,15 @@ for ridge in 0.0 1.0; do
 done
 python3 embed.py --config configs/embed.yaml --exp_type=pos_tsne --ckpt.run="$dir/train" \
   --ckpt.step=null --out_dir="$dir/embed" > "$dir/embed.log" 2>&1
-echo "embed pos_tsne: exit $?, all done after $(( $(date +%s) - start )) s" >> "$dir/device.txt"
+echo "embed pos_tsne: exit $?" >> "$dir/device.txt"
+python3 att_maps.py --config configs/att_maps.yaml --ckpt.run="$dir/train" --ckpt.steps=[] \
+  --out_dir="$dir/att_maps" > "$dir/att_maps.log" 2>&1
+echo "att_maps: exit $?" >> "$dir/device.txt"
+for role in row column; do  # this model's own heads, beside random sets of as many others
+  python3 uniform_ablation.py --config configs/uniform_ablation.yaml --ckpt.run="$dir/train" \
+    --ckpt.step=null --ablation.heads=$role --ablation.sweep=false \
+    --out_dir="$dir/ablation_$role" > "$dir/ablation_$role.log" 2>&1
+  echo "uniform_ablation $role heads: exit $?" >> "$dir/device.txt"
+done
+echo "all done after $(( $(date +%s) - start )) s" >> "$dir/device.txt"
 tar czf "$out/probe_$which.tgz" --exclude='*.pt' -C "$work" "$which"

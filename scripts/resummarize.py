@@ -3,7 +3,8 @@
     python3 scripts/resummarize.py runs/train [more run folders ...]
 
 Rewrites summary.json's plateau / drop fields (the rest is kept) and loss.png in each folder,
-with train.py's current detector (utils.detect_drop). Useful after changing the detector, or
+with train.py's current detector (utils.detect_drop) and figure (hidden-progress panels included
+where the run logged them). Useful after changing the detector, or
 for a run that was stopped before it wrote its summary.
 """
 
@@ -13,11 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402
-from train import read_metrics  # noqa: E402
+from train import final_roles, read_metrics  # noqa: E402
 
 
 def resummarize(run_dir: Path) -> dict:
@@ -30,8 +33,18 @@ def resummarize(run_dir: Path) -> dict:
     drop = summary["drop_step"]
     summary["drop_time_s"] = next((r["time"] for r in records if r["step"] == drop), None)
     utils.write_json(path, summary)
-    utils.plot_losses(records, run_dir, summary, title=run_dir.name)
+    data = _data_section(run_dir)
+    shape = (data["m"], data["n"]) if data and not data.get("sizes") else None
+    utils.plot_losses(records, run_dir, summary, run_dir.name, shape, final_roles(records))
     return summary
+
+
+def _data_section(run_dir: Path) -> dict | None:
+    """The run's data config (config.yaml), for the chance level of the head shares."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    return (yaml.safe_load(path.read_text()) or {}).get("data")
 
 
 def main(args: list[str]) -> None:

@@ -114,4 +114,8 @@ def test_gpu_probe_commands_load():
         ["bash", "scripts/gpu_probe.sh", "--check"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["ok:", "paper", "ok:", "deep", "ok:", "probe,", "embed"]
+    assert done.stdout.splitlines() == [
+        "ok: paper",
+        "ok: deep",
+        "ok: probe, embed, att_maps, uniform_ablation",
+    ]
