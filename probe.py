@@ -235,11 +235,13 @@ def run_probes(
 
 
 def _log_if_wide(ax, values: list) -> None:
-    """A log axis only when the values span more than a factor 10 (tiny runs' MSEs move by a
-    percent or two, which a log axis hides)."""
+    """A log axis only when the values span more than a factor 10; otherwise a linear one from 0,
+    so that a change of a percent or two looks as small as it is."""
     vals = [v for v in values if v is not None and v > 0]
     if vals and max(vals) / min(vals) > 10:
         ax.set_yscale("log")
+    elif vals:
+        ax.set_ylim(0, max(vals) * 1.1)
 
 
 def plot_probes(summary: dict) -> Any:
@@ -286,13 +288,12 @@ def plot_probes(summary: dict) -> Any:
                 low = min([0.0] + [r.get("test_r2_mates") or 0.0 for r in deep])
                 right.set(ylim=(low - 0.02, 1.02), ylabel="|cos|, R²")
                 extra = (
-                    f", R² mates {utils.fmt(emb.get('test_r2_mates'))}"
+                    f", mates R² {utils.fmt(emb.get('test_r2_mates'), 2)}"
                     if "test_r2_mates" in emb
                     else ""
                 )
                 right.set_title(
-                    f"{kind}: fit quality (after the embeddings: |cos| "
-                    f"{utils.fmt(emb.get('test_cos'))}{extra})",
+                    f"{kind}: fit (embeddings: |cos| {utils.fmt(emb.get('test_cos'), 2)}{extra})",
                     fontsize=9,
                 )
             for ax in (left, right):

@@ -119,3 +119,36 @@ def test_gpu_probe_commands_load():
         "ok: deep",
         "ok: probe, embed, att_maps, uniform_ablation",
     ]
+
+
+def test_export_run_keeps_the_weights_and_drops_the_rest(tiny_run, tmp_path):
+    """Catches an exported checkpoint that predicts differently from the original (or still
+    carries the optimizer state that triples its size), and an export over an existing folder."""
+    import torch
+
+    from model import load_checkpoint
+
+    run, _ = tiny_run
+    out = tmp_path / "exported"
+    done = subprocess.run(
+        [sys.executable, "scripts/export_run.py", str(run), str(out), "10", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "loss.png"):
+        assert (out / name).is_file()
+    slim = torch.load(out / "step_000020.pt", weights_only=True)
+    assert set(slim) == {"model", "model_config", "config", "step"}
+    ids = torch.randint(0, 2002, (3, 16))
+    a, _ = load_checkpoint(run / "step_000020.pt")
+    b, _ = load_checkpoint(out / "step_000020.pt")
+    assert torch.equal(a(ids), b(ids))
+    again = subprocess.run(
+        [sys.executable, "scripts/export_run.py", str(run), str(out), "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2 and "exists" in again.stderr
