@@ -299,6 +299,15 @@ def cli(main: Callable[[Any], dict], cls: type, doc: str, default_config: str) -
         raise SystemExit(getattr(e, "exit_code", 2)) from None
 
 
+def run_script(main: Callable[[list[str]], Any]) -> None:
+    """Run a scripts/ tool's `main(argv)`; a UserError becomes one line and exit code 2."""
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def resolve_path(path: str | Path) -> Path:
     """Relative paths in configs are anchored at the repo root, so no script depends on the cwd."""
     path = Path(path).expanduser()

@@ -106,8 +106,4 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except utils.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    utils.run_script(main)

@@ -54,7 +54,4 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except utils.UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    utils.run_script(main)

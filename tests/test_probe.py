@@ -10,22 +10,25 @@ import utils
 from data import DataConfig, make_batch
 
 
-def test_smoke(tiny_run, tmp_path):
+def _cfg(tiny_run, out):
     run, _ = tiny_run
-    cfg = utils.load_config(
+    return utils.load_config(
         probe.Config,
         ROOT / "configs" / "probe.yaml",
         [
             f"ckpt.run={run}",
             "ckpt.step=20",
-            f"out_dir={tmp_path / 'out'}",
+            f"out_dir={out}",
             "device=cpu",
             "data.num_samples=24",
             "data.batch_size=16",
             "probe.num_test=8",
         ],
     )
-    summary = probe.main(cfg)
+
+
+def test_smoke(tiny_run, tmp_path):
+    summary = probe.main(_cfg(tiny_run, tmp_path / "out"))
     out = tmp_path / "out"
     for name in ("config.yaml", "summary.json", "probe.md", "probe.png", "probe.pdf"):
         assert (out / name).is_file(), name
@@ -117,21 +120,7 @@ def test_ridge_tames_an_ill_conditioned_fit():
 def test_figure_leaves_the_embeddings_out_and_redraws_from_summary(tiny_run, tmp_path):
     """Catches the embedding layer's huge test MSE flattening the plot: the curves cover layers
     1..L only, and the figure is drawn from summary.json alone."""
-    run, _ = tiny_run
-    cfg = utils.load_config(
-        probe.Config,
-        ROOT / "configs" / "probe.yaml",
-        [
-            f"ckpt.run={run}",
-            "ckpt.step=20",
-            f"out_dir={tmp_path}",
-            "device=cpu",
-            "data.num_samples=24",
-            "data.batch_size=16",
-            "probe.num_test=8",
-        ],
-    )
-    probe.main(cfg)
+    probe.main(_cfg(tiny_run, tmp_path))
     fig = probe.plot_probes(json.loads((tmp_path / "summary.json").read_text()))
     for ax in fig.axes:
         for line in ax.get_lines():
