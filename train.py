@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shlex
 import signal
@@ -503,7 +504,10 @@ def stop_requests() -> Iterator[dict]:
             signal.raise_signal(signum)
             return
         flag["signal"] = signal.Signals(signum).name
-        tqdm.write(f"{flag['signal']}: finishing this step and saving (again to stop at once)")
+        # os.write, not print: a handler may interrupt a write to the same stream
+        os.write(
+            2, f"\n{flag['signal']}: finishing this step and saving (again to stop now)\n".encode()
+        )
 
     for sig in old:
         signal.signal(sig, handler)
@@ -640,7 +644,7 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     print(f"outputs in {out_dir}")
 
 
-MODEL_TOO_BIG = "lower the model's size or the vocabulary (data.prec, data.min_vocab, max_vocab)"
+MODEL_TOO_BIG = "lower the model size or the vocabulary (data.prec, data.min_vocab, data.max_vocab)"
 BATCH_TOO_BIG = "lower train.batch_size (or train.num_eval)"
 
 

@@ -5,7 +5,8 @@
 #   train  the paper's full 50,000-step run of configs/train.yaml, with the compile mode the bench
 #          found faster (or the one given as the third argument).
 # Usage: bash scripts/gpu_check.sh OUT_DIR [all|bench|train] [COMPILE_MODE]
-# Writes OUT_DIR/{device.txt, bench.log, bench_summary.json, train.log, train/...}; the final
+# Writes OUT_DIR/{device.txt, bench.log, bench_summary.json (with a profile of each loop),
+# bench.png, train.log, train/...}; the final
 # checkpoint is written too (about 340 MB with the optimizer state). It overwrites and deletes
 # nothing it did not make in this call: if a stage's outputs are already there it stops before
 # writing anything (the train stage only appends its line to an earlier bench's device.txt).
@@ -13,7 +14,7 @@ set -uo pipefail
 out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [all|bench|train] [COMPILE_MODE]}
 stage=${2:-all}
 made=()
-[[ $stage == all || $stage == bench ]] && made+=(device.txt bench.log bench_summary.json)
+[[ $stage == all || $stage == bench ]] && made+=(device.txt bench.log bench_summary.json bench.png)
 [[ $stage == all || $stage == train ]] && made+=(train.log train)
 for name in "${made[@]}"; do
   if [[ -e $out/$name ]]; then
@@ -33,9 +34,10 @@ if [[ $stage == all || $stage == bench ]]; then
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   } > "$out/device.txt" 2>&1
   bench_dir=$(mktemp -d "$out/bench.XXXXXX")  # a folder of this call's own, removed below
-  python3 bench.py --config configs/bench.yaml --bench.out_dir="$bench_dir" > "$out/bench.log" 2>&1
+  python3 bench.py --config configs/bench.yaml --bench.profile=true --bench.out_dir="$bench_dir" > "$out/bench.log" 2>&1
   if [[ -f $bench_dir/summary.json ]]; then
-    mv "$bench_dir/summary.json" "$out/bench_summary.json" && rm -r "$bench_dir"
+    mv "$bench_dir/summary.json" "$out/bench_summary.json" && mv "$bench_dir/bench.png" "$out/bench.png" \
+      && rm -r "$bench_dir"
   else
     echo "bench.py wrote no summary (see $out/bench.log); $bench_dir is kept" >&2
   fi
