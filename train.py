@@ -559,7 +559,10 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     records = trim_jsonl(metrics_path, trainer.step_count)
     trainer.on_resume(trainer.step_count, out_dir)
     utils.save_config(cfg, out_dir)
-    run = utils.init_wandb(cfg.wandb, utils.config_to_dict(cfg), out_dir)
+    # group: the folder's name, which the analyses of this run use as their group too
+    run = utils.init_wandb(
+        cfg.wandb, utils.config_to_dict(cfg), out_dir, job_type="train", group=out_dir.name
+    )
     save_at, extra_at = set(t.save_steps) | {t.steps}, trainer.extra_steps()
     elapsed0 = records[-1]["time"] if records else 0.0
     start = time.perf_counter()

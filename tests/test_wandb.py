@@ -37,6 +37,7 @@ def test_training_run_logs_progress_images_and_summary(tmp_path, offline):
     cfg = tiny_config(tmp_path, "wandb.log=true", "train.save_steps=[10, 20]")
     summary = train.main(cfg)
     run = read_wandb_run(tmp_path / "run")
+    assert run["run"].job_type == "train" and run["run"].run_group == "run"  # the folder's name
     keys = set().union(*run["history"])
     assert {"loss", "loss_mask", "eval_loss", "copy_mse", "row_heads", "column_heads"} <= keys
     assert {"att_row/l0h0", "att_col/l1h3", "att_self/l1h0"} <= keys  # 2 layers × 4 heads
