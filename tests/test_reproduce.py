@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 STAGES = {
@@ -152,3 +153,72 @@ def test_export_run_keeps_the_weights_and_drops_the_rest(tiny_run, tmp_path):
         text=True,
     )
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def _sharp_drop_run(folder, spike_at_end=True):
+    """A logged run whose L_mask is 0.1 until step 5,000 (one 0.5 spike at 3,000) and 0.01 from
+    there to step 10,000 (one 1.0 spike at the last log); the total loss is 0.3 · L_mask."""
+    folder.mkdir()
+    records = []
+    for step in range(0, 10_001, 100):
+        mask = 0.1 if step < 5000 else 0.01
+        mask = 0.5 if step == 3000 else 1.0 if step == 10_000 and spike_at_end else mask
+        records.append({"step": step, "loss": 0.3 * mask, "loss_mask": mask, "time": step * 0.06})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def test_compare_runs_reads_levels_as_medians_and_the_completion_as_lasting(tmp_path):
+    """Catches a plateau or final L_mask read from one noisy log (or a mean) instead of a median,
+    and a "5× below" step taken at the first single log below rather than where it stays below."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_runs
+
+    row = compare_runs.compare(_sharp_drop_run(tmp_path / "a"))
+    assert 4000 < row["drop_step"] < row["drop_end_step"] <= 5500
+    assert row["plateau_loss_mask"] == 0.1  # the 0.5 spike at 3,000 is outvoted
+    assert row["final_loss_mask"] == 0.01  # and so is the 1.0 at the last log
+    assert row["ratio"] == pytest.approx(10)
+    # the median of the last 10 logs: 4 at 0.1 and 6 at 0.01 first at step 5,500
+    assert row["below_step"] == 5500 and row["below_min"] == pytest.approx(5.5)
+    assert row["wall_min"] == pytest.approx(10.0)
+
+
+def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
+    """Catches a summary.json that loses a run or disagrees with the table, and a run without a
+    drop that breaks the comparison instead of showing as '—'."""
+    _sharp_drop_run(tmp_path / "s0")
+    (tmp_path / "flat").mkdir()
+    flat = [
+        {"step": s, "loss": 0.03, "loss_mask": 0.1, "time": s * 0.06} for s in range(0, 5001, 100)
+    ]
+    (tmp_path / "flat" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flat))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/compare_runs.py",
+            str(out),
+            str(tmp_path / "s0"),
+            str(tmp_path / "flat"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["run"] for r in summary["runs"]] == ["s0", "flat"]
+    assert summary["runs"][0]["below_step"] == 5500
+    assert summary["runs"][1]["drop_step"] is None and summary["runs"][1]["ratio"] is None
+    table = (out / "runs.md").read_text().splitlines()
+    assert table[2].startswith("| s0 |") and "| 5500 |" in table[2]
+    assert table[3].startswith("| flat |") and "—" in table[3]
+    assert (out / "runs.png").stat().st_size > 10_000
+    missing = subprocess.run(
+        [sys.executable, "scripts/compare_runs.py", str(out), str(tmp_path / "nothing")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr

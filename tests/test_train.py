@@ -247,6 +247,20 @@ def test_drop_detector_on_recorded_cpu_demo_runs(run, drop_step):
         assert drop["drop_step"] < drop["drop_end_step"] < 14_500
 
 
+@pytest.mark.parametrize(
+    "seed, drop_step, drop_end_step",
+    [(0, 4_950, 7_950), (1, 4_850, 6_900), (2, 6_600, 9_600), (3, 4_550, 6_300)],
+)
+def test_drop_detector_on_the_cpu_demo_seeds(seed, drop_step, drop_end_step):
+    """configs/train_tiny.yaml as committed, seeds 0-3 (docs/results/cpu_demo): catches a detector
+    change that moves the drop steps the README and the demo's page quote."""
+    path = ROOT / f"docs/results/cpu_demo/seeds/s{seed}/metrics.jsonl"
+    records = train.read_metrics(path)
+    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    assert (drop["drop_step"], drop["drop_end_step"]) == (drop_step, drop_end_step)
+    assert 0.033 < drop["plateau_loss"] < 0.036
+
+
 def test_float_options_accept_exponent_notation(tmp_path):
     assert tiny_config(tmp_path, "train.lr=2e-3").train.lr == 0.002
 

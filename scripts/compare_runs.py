@@ -1,0 +1,129 @@
+"""Compare finished training runs (seeds of one config, say): where each drops and how far.
+
+    python3 scripts/compare_runs.py OUT_DIR RUN_DIR [RUN_DIR ...]
+
+Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created if needed):
+  runs.md       one row per run: plateau, where the drop starts and ends (step and minutes),
+                L_mask on the plateau and at the end, their ratio, when L_mask first stays 5×
+                below the plateau, final eval loss, steps and wall time;
+  runs.png      every run's L_mask against steps and against wall-clock minutes;
+  summary.json  the table's numbers (the figure's too).
+The drop is train.py's (utils.detect_drop on the total loss). L_mask on the plateau is the median
+of the logged L_mask over the second half of the stretch before the drop; at the end, the median
+of the last `FINAL_LOGS` logs (one batch's L_mask is noisy); "5× below" is the first logged step
+where the median of the last `SMOOTH_LOGS` logs falls under a fifth of the plateau's. How
+docs/results/cpu_demo/seeds was made.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+from train import read_metrics  # noqa: E402
+
+FINAL_LOGS = 20
+SMOOTH_LOGS = 10
+BELOW = 5.0
+
+
+def compare(records: list[dict], wall_time: float | None = None) -> dict:
+    """One run's row, from its logged records (the step order of metrics.jsonl)."""
+    steps = [r["step"] for r in records]
+    drop = utils.detect_drop(steps, [r["loss"] for r in records])
+    time_at = {r["step"]: r["time"] / 60 for r in records}
+    row = {
+        **drop,
+        "drop_min": time_at.get(drop["drop_step"]),
+        "drop_end_min": time_at.get(drop["drop_end_step"]),
+        "plateau_loss_mask": None,
+        "final_loss_mask": statistics.median(r["loss_mask"] for r in records[-FINAL_LOGS:]),
+        "ratio": None,
+        "below_step": None,
+        "below_min": None,
+        "final_eval_loss": records[-1].get("eval_loss"),
+        "steps": steps[-1],
+        "wall_min": (wall_time if wall_time is not None else records[-1]["time"]) / 60,
+    }
+    if drop["drop_step"] is None:
+        return row
+    level = statistics.median(
+        r["loss_mask"] for r in records if drop["drop_step"] / 2 <= r["step"] < drop["drop_step"]
+    )
+    row["plateau_loss_mask"] = level
+    row["ratio"] = level / row["final_loss_mask"]
+    for i in range(SMOOTH_LOGS, len(records) + 1):
+        recent = records[i - SMOOTH_LOGS : i]
+        if statistics.median(r["loss_mask"] for r in recent) < level / BELOW:
+            row["below_step"] = recent[-1]["step"]
+            row["below_min"] = recent[-1]["time"] / 60
+            break
+    return row
+
+
+def figure(runs: dict[str, list[dict]], rows: dict[str, dict]):
+    plt = utils.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
+    for i, (name, records) in enumerate(runs.items()):
+        colour = f"C{i}"
+        mask = [r["loss_mask"] for r in records]
+        for ax, x in zip(axes, ([r["step"] for r in records], [r["time"] / 60 for r in records])):
+            ax.plot(x, mask, color=colour, lw=1, label=name)
+        row = rows[name]
+        if row["drop_step"] is not None:
+            at = next(r for r in records if r["step"] == row["drop_step"])
+            axes[0].plot(at["step"], at["loss_mask"], "o", color=colour, ms=5)
+            axes[1].plot(at["time"] / 60, at["loss_mask"], "o", color=colour, ms=5)
+    axes[0].set(xlabel="step", ylabel="L_mask (hidden entries, log scale)", yscale="log")
+    axes[1].set(xlabel="wall-clock minutes")
+    axes[0].set_title("L_mask of each run (dot: the drop starts)", loc="left")
+    axes[1].legend(loc="upper right", frameon=False)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def main(argv: list[str]) -> dict:
+    if len(argv) < 2:
+        raise utils.UserError("usage: compare_runs.py OUT_DIR RUN_DIR [RUN_DIR ...]")
+    out, run_dirs = Path(argv[0]), [Path(a) for a in argv[1:]]
+    runs, rows = {}, {}
+    for run in run_dirs:
+        records = read_metrics(run / "metrics.jsonl")
+        if not records:
+            raise utils.UserError(f"{run} has no metrics.jsonl records")
+        path = run / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        runs[run.name] = records
+        rows[run.name] = {"run": run.name, "path": str(run)}
+        rows[run.name].update(compare(records, summary.get("wall_time_s")))
+    if len(runs) < len(run_dirs):
+        raise utils.UserError("two runs share a folder name; their rows would clash")
+    utils.make_dir(out, "OUT_DIR")
+    table = utils.markdown_table(
+        list(rows.values()),
+        ["run", "plateau_loss", "drop_step", "drop_min", "drop_end_step", "drop_end_min"]
+        + ["plateau_loss_mask", "final_loss_mask", "ratio", "below_step", "below_min"]
+        + ["final_eval_loss", "steps", "wall_min"],
+    )
+    utils.atomic_write_text(out / "runs.md", table)
+    utils.save_figure(figure(runs, rows), out, "runs")
+    summary = {
+        "runs": list(rows.values()),
+        "final_logs": FINAL_LOGS,
+        "smooth_logs": SMOOTH_LOGS,
+        "below": BELOW,
+    }
+    utils.write_json(out / "summary.json", summary)
+    print(table, end="")
+    return summary
+
+
+if __name__ == "__main__":
+    utils.run_script(main)
