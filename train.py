@@ -538,10 +538,13 @@ def _close(bar: tqdm) -> None:
         sys.stderr.write("\n")
 
 
-def resume_command() -> str:
-    """The command line that started this process, with --train.resume=true."""
-    args = [a for a in sys.argv[1:] if not a.startswith("--train.resume")]
-    return shlex.join(["python3", sys.argv[0], *args, "--train.resume=true"])
+def resume_command(out_dir: Path) -> str:
+    """The command line that started this process, with --train.resume=true and the run's
+    folder as resolved (a `{overrides}` folder name would otherwise change with the new flag)."""
+    drop = ("--train.resume=", "--train.out_dir=")
+    args = [a for a in sys.argv[1:] if not a.startswith(drop)]
+    extra = [f"--train.out_dir={out_dir}", "--train.resume=true"]
+    return shlex.join(["python3", sys.argv[0], *args, *extra])
 
 
 def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
@@ -623,7 +626,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     if stop["signal"] is not None:
         raise Interrupted(
             f"{stop['signal']} at step {trainer.step_count}: saved step_{trainer.step_count:06d}"
-            f".pt, summary.json and loss.png in {out_dir}; continue with: {resume_command()}"
+            f".pt, summary.json and loss.png in {out_dir}; continue with: {resume_command(out_dir)}"
         )
     return summary
 

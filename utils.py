@@ -200,11 +200,13 @@ OVERRIDES_FIELD = "{overrides}"
 
 
 def overrides_slug(overrides: list[str], skip: str) -> str:
-    """The command-line overrides (but `skip` and the wandb section's) as one folder name, e.g.
-    `train.seed=1_model.hidden_size=96`: what `{overrides}` in an override's value becomes, so
-    that every run of a W&B sweep (whose agent passes each run's values as overrides) writes a
-    folder of its own."""
-    parts = [o for o in overrides if o.partition("=")[0] != skip and not o.startswith("wandb.")]
+    """The command-line overrides (but `skip`, `train.resume` and the wandb section's) as one
+    folder name, e.g. `train.seed=1_model.hidden_size=96`: what `{overrides}` in an override's
+    value becomes, so that every run of a W&B sweep (whose agent passes each run's values as
+    overrides) writes a folder of its own, and resuming a run finds the folder it wrote."""
+    ignored = (skip, "train.resume")
+    parts = [o for o in overrides if o.partition("=")[0] not in ignored]
+    parts = [o for o in parts if not o.startswith("wandb.")]
     slug = "_".join(parts) or "defaults"
     return "".join(c if c.isalnum() or c in "._=+-" else "-" for c in slug)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, tiny_config
+from conftest import ROOT, tiny_config
 
 import train
 import utils
@@ -405,41 +405,46 @@ def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
     utils.close_figure(fig)
 
 
-def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
-    """Catches Ctrl-C losing the run (a traceback, no checkpoint, no summary or plot) and a resume
-    from that checkpoint that differs from an uninterrupted run."""
+def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
+    """Catches Ctrl-C losing the run (a traceback, no checkpoint, no summary or plot), a resume
+    that differs from an uninterrupted run, and a printed resume command that starts afresh
+    elsewhere: with an `{overrides}` folder (as in configs/sweeps), its added
+    --train.resume=true must not change the folder's name."""
+    import shlex
     import signal
     import time
 
-    base = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--config",
-        str(ROOT / "configs/train_tiny.yaml"),
-    ]
-    base += [f"--{o}" for o in TINY if not o.startswith(("train.steps", "train.save_steps"))]
-    base += ["--train.log_every=5", "--train.save_steps=[]"]
-    out = tmp_path / "run"
+    # the tiny settings in a config file, so that the {overrides} folder name stays short
+    utils.save_config(tiny_config(tmp_path, "train.log_every=5", "train.save_steps=[]"), tmp_path)
+    base = [sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "config.yaml")]
     proc = subprocess.Popen(
-        [*base, "--train.steps=100000", f"--train.out_dir={out}"],
+        [*base, "--train.steps=100000", f"--train.out_dir={tmp_path}/runs/{{overrides}}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
     deadline = time.time() + 120
-    while len(train.read_metrics(out / "metrics.jsonl")) < 3 and time.time() < deadline:
+    while time.time() < deadline:
+        logs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+        if proc.poll() is not None or logs and len(train.read_metrics(logs[0])) >= 3:
+            break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
+    (out,) = (tmp_path / "runs").iterdir()
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: SIGINT at step ") and "--train.resume=true" in last
     step = max(train.checkpoints(out))
     assert f"step_{step:06d}.pt" in last
     assert (out / "summary.json").is_file() and (out / "loss.png").is_file()
-    resume = [*base, f"--train.steps={step + 7}", f"--train.out_dir={out}", "--train.resume=true"]
-    assert subprocess.run(resume, capture_output=True, cwd=ROOT).returncode == 0
+    printed = shlex.split(last.partition("continue with: ")[2])
+    assert printed[0] == "python3"
+    resume = [sys.executable, *printed[1:], f"--train.steps={step + 7}"]
+    done = subprocess.run(resume, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from step" in done.stdout
     whole = [*base, f"--train.steps={step + 7}", f"--train.out_dir={tmp_path / 'whole'}"]
     assert subprocess.run(whole, capture_output=True, cwd=ROOT).returncode == 0
     a = _weights(out / f"step_{step + 7:06d}.pt")
