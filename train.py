@@ -416,16 +416,18 @@ def role_counts(record: dict) -> dict:
 
 
 def role_changes(records: list[dict]) -> list[dict]:
-    """Each head that ends the run as a row, column or self head (model.ROLE_RULE) and the
-    logged step from which it kept that role to the end."""
+    """Each head (layer and head 0-based) that is a row, column or self head (model.ROLE_RULE)
+    at the last step that measured the shares (the run's last, unless it was resumed with
+    `train.progress` off), the logged step from which it kept that role, and its shares then."""
+    measured = [r for r in records if "att_row" in r]
     logged = [
         (r["step"], head_roles({k: r[f"att_{k}"] for k in ("row", "col", "self")}))
-        for r in records
-        if "att_row" in r
+        for r in measured
     ]
     if not logged:
         return []
     last_step, final = logged[-1]
+    last = measured[-1]
     out = []
     for i, layer in enumerate(final):
         for h, role in enumerate(layer):
@@ -436,13 +438,13 @@ def role_changes(records: list[dict]) -> list[dict]:
                 if roles[i][h] != role:
                     break
                 since = step
-            last = records[-1]
             out.append(
                 {
                     "layer": i,
                     "head": h,
                     "role": role,
                     "since_step": since,
+                    "at_step": last_step,
                     **{f"final_{k}": last[f"att_{k}"][i][h] for k in ("row", "col", "self")},
                 }
             )
@@ -472,6 +474,7 @@ def summarize(records: list[dict], wall_time: float, cfg: TrainConfig, device: s
         "precision": cfg.train.precision,
         "compile": cfg.train.compile,
         "head_roles": role_changes(records),
+        "head_numbering": "layer and head 0-based (loss.png labels LiHj 1-based)",
         "role_rule": ROLE_RULE,
         "final_collapse": last.get("collapse"),
         "final_copy_mse": last.get("copy_mse"),

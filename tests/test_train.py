@@ -387,6 +387,11 @@ def test_role_changes_name_the_step_a_head_kept_its_role_from():
     assert changes[0, 1]["role"] == "row" and changes[0, 1]["since_step"] == 30
     assert changes[0, 0]["role"] == "self" and changes[0, 0]["since_step"] == 10
     assert changes[0, 1]["final_row"] == 0.9
+    # resumed with train.progress off: the later records hold no shares, and the roles are
+    # those of the last record that does (this used to raise KeyError after the last step)
+    later = [{"step": 50, "loss": 0.01}, {"step": 60, "loss": 0.01}]
+    changes = {(c["layer"], c["head"]): c for c in train.role_changes(records + later)}
+    assert changes[0, 1]["final_row"] == 0.9 and changes[0, 1]["at_step"] == 40
 
 
 def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
