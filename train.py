@@ -15,8 +15,9 @@ extension, not in the matrix-completion paper), on one fixed batch of `num_eval`
     collapse                    mean |cosine| between the hidden states of different positions,
                                 after the embeddings and after each layer (representation collapse);
     copy_mse                    the Table 1 test as one number: the MSE between the output at
-                                hidden entries and COPY_VALUE written there instead of MASK
-                                (≈ 0 for a model that copies its input).
+                                hidden entries and the value written there instead of MASK
+                                (COPY_VALUE as its token encodes it, rounded to data.prec;
+                                ≈ 0 for a model that copies its input).
 Writes to `out_dir`: config.yaml, metrics.jsonl, loss.png (losses; with progress also each head's
 share and the collapse), step_NNNNNN.pt checkpoints and summary.json (plateau level, the step
 where the drop starts, final losses, and each head's role with the step it took it on).
@@ -43,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from data import DataConfig, MatrixSampler, value_at_hidden
+from data import DataConfig, MatrixSampler, round_values, value_at_hidden
 from model import (
     ROLE_RULE,
     MatrixBert,
@@ -162,7 +163,8 @@ class Trainer:
         self.progress_batch = None
         if t.progress:
             batch = MatrixSampler(cfg.data, self.device, seed=t.seed + 2_000_003).sample(t.num_eval)
-            self.progress_batch = (batch, value_at_hidden(batch, COPY_VALUE, cfg.data))
+            written = round_values(torch.tensor(COPY_VALUE), cfg.data.prec).item()
+            self.progress_batch = (batch, value_at_hidden(batch, written, cfg.data), written)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -212,7 +214,7 @@ class Trainer:
         tensors: att_row / att_col / att_self [L, H], collapse [L + 1], copy_mse []."""
         if self.progress_batch is None:
             return {}
-        batch, copy_ids = self.progress_batch
+        batch, copy_ids, written = self.progress_batch
         layers = self.cfg.model.num_hidden_layers
         patterns = [act_name("pattern", i) for i in range(layers)]
         states = [act_name("embed")] + [act_name("resid_post", i) for i in range(layers)]
@@ -226,7 +228,7 @@ class Trainer:
         return {
             **{f"att_{k}": torch.stack([s[k] for s in shares]) for k in ("row", "col", "self")},
             "collapse": torch.stack([representation_collapse(cache[k]) for k in states]),
-            "copy_mse": ((copied - COPY_VALUE).square() * hidden).sum() / hidden.sum(),
+            "copy_mse": ((copied - written).square() * hidden).sum() / hidden.sum(),
         }
 
     def log_record(self, step: int, metrics: dict) -> tuple[dict, tuple]:
@@ -250,7 +252,7 @@ class Trainer:
         head on the fixed batch."""
         if self.progress_batch is None:
             return {}
-        batch, _ = self.progress_batch
+        batch = self.progress_batch[0]
         layers = self.cfg.model.num_hidden_layers
         names = [act_name("pattern", i) for i in range(layers)]
         self.model.eval()
