@@ -12,7 +12,7 @@ Masks (`att_maps.mask`):
     row   one mask for the whole batch: rows `hidden_lines` are hidden, except the entry at
           column `keep_at[k]` of hidden row k (the authors' example: rows 3 and 6, keeping (3, 1)
           and (6, 5), 0-based; null takes that example scaled to the matrix: rows m//2 and m − 1,
-          keeping columns 1 and n − 2);
+          keeping columns 1 and n − 2; `keep_at: null` with other hidden rows keeps none);
     col   the same with columns: column `hidden_lines[k]` is hidden except row `keep_at[k]`.
 A structured mask is drawn beside the maps.
 
@@ -74,7 +74,7 @@ class AttMapsSection:
     keep_at: list[int] | None = opt(
         None,
         "row/col masks: per hidden line, the column (or row) kept observed; []: none; "
-        "null: 1 and n − 2",
+        "null: 1 and n − 2 with the default hidden_lines, none with others",
     )
     row_head: list[int] = opt(
         [1, 0], "[layer, head], 0-based, the authors' row head; []: do not report"

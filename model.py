@@ -255,8 +255,17 @@ def resolve_heads(
                 f"'{key}' = {spec!r}: not a role (valid: {', '.join(ROLE_SPECS)}) "
                 "or a list of [layer, head] pairs"
             )
-        roles = attention_summary(model, batches)["roles"]
+        found = attention_summary(model, batches)
+        roles = found["roles"]
         pairs = [p for role in spec.split("+") for p in heads_with_role(roles, role)]
+        if not pairs:
+            shares = found["shares"]
+            best = ", ".join(f"{k} {shares[k].max().item():.2f}" for k in ("row", "col", "self"))
+            raise UserError(
+                f"'{key}' = {spec!r}: this checkpoint has no such heads (a head needs a share "
+                f"above {ROLE_MIN_SHARE}; the largest here: {best}); name heads as "
+                "[layer, head] pairs"
+            )
         return sorted(pairs), {"by_role": spec, "rule": ROLE_RULE, "roles": roles}
     try:
         return check_heads(spec, model.config, key), {"by_role": None}

@@ -54,7 +54,7 @@ from model import (
     resolve_indices,
 )
 from modeling_bert import act_name, patch_hooks, patch_z_hooks
-from utils import AnalysisData, CkptSection, WandbConfig, opt
+from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -162,6 +162,8 @@ def chosen_patch(cfg: PatchSection, model: MatrixBert, t: int, batches: list[Bat
     if isinstance(cfg.heads, str):
         pairs, how = resolve_heads(cfg.heads, model, batches, "patch.heads")
         pairs = [[i, h] for i, h in pairs if i in layers]
+        if not pairs:
+            raise UserError(f"'patch.heads' = {cfg.heads!r}: none in 'patch.layers' {layers}")
         return {"layers": layers, "heads": cfg.heads, "pairs": pairs, "positions": positions}
     heads = resolve_indices(cfg.heads, c.num_attention_heads, "patch.heads")
     return {"layers": layers, "heads": heads, "positions": positions}

@@ -1003,7 +1003,9 @@ class WandbConfig:
     log: bool = opt(False, "log to Weights & Biases")
     project: str = opt("tf-matcomp", "W&B project")
     entity: str | None = opt(None, "W&B entity (team or user); null: your default")
-    name: str | None = opt(None, "run name; null: the config file's stem")
+    name: str | None = opt(
+        None, "run name; null: train.py the config's stem, an analysis <script>-<run folder>"
+    )
     mode: str = opt("auto", "auto: online with credentials, else offline", WANDB_MODES)
 
 

@@ -178,6 +178,9 @@ def test_structured_mask_defaults_follow_the_matrix_size():
     four = att_maps.mask_pattern(section, 4, 4)
     assert four[2].tolist() == [False, True, False, False]
     assert four[3].tolist() == [False, False, True, False]
+    # keep_at null with other hidden rows keeps nothing (as --help says)
+    other = att_maps.AttMapsSection(mask="row", hidden_lines=[0, 2], keep_at=None)
+    assert not att_maps.mask_pattern(other, 5, 5)[[0, 2]].any()
 
 
 def test_figures_redraw_from_the_summary(tiny_run, tmp_path):

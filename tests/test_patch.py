@@ -210,3 +210,21 @@ def test_heads_by_role_patch_only_those_heads(tiny_run, tmp_path, monkeypatch):
         )
     )
     assert single == alone["runs"]["patched"]["x_hidden"]
+
+
+def test_a_role_without_heads_in_the_layers_is_an_error(tiny_run, tmp_path, monkeypatch):
+    """Catches a role with no heads in patch.layers reported as a patch that changed nothing
+    (the 'patched' row equal to the 'corrupted' one), and an output folder written first."""
+    import model as model_module
+
+    real = model_module.attention_summary
+    roles = [["row", "other", "other", "other"], ["other"] * 4]
+    monkeypatch.setattr(
+        model_module,
+        "attention_summary",
+        lambda m, b, mean_pattern=False: {**real(m, b), "roles": roles},
+    )
+    cfg = _cfg(tiny_run, tmp_path, "patch.heads=row", "patch.layers=[1]")
+    with pytest.raises(UserError, match=r"'patch.heads' = 'row': none in 'patch.layers' \[1\]"):
+        patch.main(cfg)
+    assert not utils.resolve_path(cfg.out_dir).exists()

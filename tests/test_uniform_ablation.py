@@ -167,13 +167,14 @@ def test_heads_by_role_come_from_the_checkpoint_with_controls(tiny_run, tmp_path
         }
 
 
-def test_a_role_with_no_heads_ablates_nothing(tiny_run, tmp_path, monkeypatch):
+def test_a_role_with_no_heads_is_an_error_not_a_silent_no_op(tiny_run, tmp_path, monkeypatch):
+    """Catches a role this model lacks (a plateau checkpoint's row heads) reported as an
+    ablation that changed nothing, and an output folder written before the check."""
     _forced_roles(monkeypatch, [["other"] * 4, ["other"] * 4])
-    summary = uniform_ablation.main(
-        _cfg(tiny_run, tmp_path, "ablation.heads=column", "ablation.sweep=false")
-    )
-    assert summary["heads"] == [] and summary["ablated"] == summary["no_ablation"]
-    assert "controls" not in summary
+    cfg = _cfg(tiny_run, tmp_path, "ablation.heads=column", "ablation.sweep=false")
+    with pytest.raises(UserError, match="'ablation.heads' = 'column': this checkpoint has no such"):
+        uniform_ablation.main(cfg)
+    assert not utils.resolve_path(cfg.out_dir).exists()
 
 
 def test_an_unknown_role_is_named(tiny_run, tmp_path):
