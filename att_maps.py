@@ -147,6 +147,16 @@ def by_role(roles: list[list[str]]) -> dict[str, list[list[int]]]:
     return {r: [list(p) for p in heads_with_role(roles, r)] for r in ROLES if r != "other"}
 
 
+def authors_head(pair: list[int], model, key: str) -> tuple[int, int] | None:
+    """The authors' head `pair` checked against this model (None for []: not reported)."""
+    if not pair:
+        return None
+    try:
+        return check_heads([pair], model.config, key)[0]
+    except UserError as e:
+        raise UserError(f"{e} (the authors' index; {key}=[] skips it)") from None
+
+
 def claim_numbers(shares: dict, chance: dict, row_head, col_head) -> dict:
     """The row and column shares of the heads the authors name (their indices), beside chance."""
     out = {}
@@ -222,7 +232,7 @@ def main(cfg: Config) -> dict:
     for one in sections:
         model, ckpt = load_from_section(one, device)
         row_head, col_head = (
-            check_heads([pair], model.config, f"att_maps.{key}")[0] if pair else None
+            authors_head(pair, model, f"att_maps.{key}")
             for key, pair in (("row_head", section.row_head), ("col_head", section.col_head))
         )
         data_cfg = analysis_data_config(ckpt, cfg.data, model)

@@ -71,7 +71,9 @@ class TrainSection:
     lr: float = opt(1e-4, "Adam learning rate (constant; no schedule, clipping or decay)")
     seed: int = opt(0, "seed for initialisation and data")
     log_every: int = opt(
-        100, "log (and sync with the device) every this many steps, and 8 times before the first"
+        100,
+        "log (and sync with the device) every this many steps; before the first, also "
+        "every log_every // 8 steps",
     )
     save_every: int = opt(10_000, "checkpoint every this many steps (0: never)")
     save_steps: list[int] = opt([], "extra steps to checkpoint (the analyses' steps)")

@@ -194,3 +194,12 @@ def test_figures_redraw_from_the_summary(tiny_run, tmp_path):
         summary["checkpoints"][0]["roles"]
         == json.loads((out / "summary.json").read_text())["checkpoints"][0]["roles"]
     )
+
+
+def test_an_authors_head_outside_this_model_says_how_to_skip_it(tiny_run, tmp_path):
+    """Catches the authors' default head index stopping a smaller model with no way out named:
+    the 2-layer tiny model has no layer 2."""
+    cfg = _cfg(tiny_run, tmp_path, "att_maps.col_head=[2, 1]")
+    with pytest.raises(UserError, match=r"layer 2 outside 0\.\.1 .*att_maps\.col_head=\[\] skips"):
+        att_maps.main(cfg)
+    assert not utils.resolve_path(cfg.out_dir).exists()
