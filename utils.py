@@ -8,6 +8,7 @@ script with one line that names the key and the file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -978,18 +979,38 @@ def detect_drop(
         }
     # No drop (or not yet complete): the level of the longest flat stretch, if there is one.
     best = None
-    for a in range(len(s)):
-        lo = hi = s[a]
-        b = a
-        while b + 1 < len(s) and max(hi, s[b + 1]) - min(lo, s[b + 1]) <= flat:
-            b += 1
-            lo, hi = min(lo, s[b]), max(hi, s[b])
+    for a, b in _flat_stretches(s, flat):
         if b - a >= 2 and steps_a[b] - steps_a[a] >= min_span:
             if best is None or steps_a[b] - steps_a[a] > steps_a[best[1]] - steps_a[best[0]]:
                 best = (a, b)
     if best is not None:
         return {**none, "plateau_loss": float(10 ** np.median(s[best[0] : best[1] + 1]))}
     return none
+
+
+def _flat_stretches(s: np.ndarray, flat: float) -> Iterator[tuple[int, int]]:
+    """For each start a, (a, b) with b the last index such that s[a..b] spans at most `flat`;
+    in linear time (b never moves back; running max and min in monotone queues), so that a
+    run logged at thousands of points is summarised at once."""
+    highs: collections.deque[int] = collections.deque()  # indices of s[a..b], values falling
+    lows: collections.deque[int] = collections.deque()  # and rising
+    b = -1
+    for a in range(len(s)):
+        if b < a:
+            b = a
+            highs.clear(), lows.clear()
+            highs.append(a), lows.append(a)
+        while b + 1 < len(s) and max(s[highs[0]], s[b + 1]) - min(s[lows[0]], s[b + 1]) <= flat:
+            b += 1
+            while highs and s[highs[-1]] <= s[b]:
+                highs.pop()
+            while lows and s[lows[-1]] >= s[b]:
+                lows.pop()
+            highs.append(b), lows.append(b)
+        yield a, b
+        for q in (highs, lows):
+            if q and q[0] == a:
+                q.popleft()
 
 
 # ----------------------------------------------------------------------------------------------

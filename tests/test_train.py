@@ -261,6 +261,20 @@ def test_drop_detector_on_the_cpu_demo_seeds(seed, drop_step, drop_end_step):
     assert 0.033 < drop["plateau_loss"] < 0.036
 
 
+def test_flat_stretches_are_the_longest_from_each_start():
+    """Catches a queue bug in the linear-time search behind the no-drop plateau: for every start
+    a, b must be the last index with max - min of s[a..b] at most `flat` (checked against the
+    definition on random walks)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        s = np.cumsum(rng.normal(0, 0.1, int(rng.integers(1, 60))))
+        pairs = list(utils._flat_stretches(s, 0.2))
+        assert [a for a, _ in pairs] == list(range(len(s)))
+        for a, b in pairs:
+            assert np.ptp(s[a : b + 1]) <= 0.2
+            assert b == len(s) - 1 or np.ptp(s[a : b + 2]) > 0.2
+
+
 def test_float_options_accept_exponent_notation(tmp_path):
     assert tiny_config(tmp_path, "train.lr=2e-3").train.lr == 0.002
 
