@@ -5,7 +5,10 @@
 Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created if needed):
   runs.md       one row per run: plateau, where the drop starts and ends (step and minutes),
                 L_mask on the plateau and at the end, their ratio, when L_mask first stays 5×
-                below the plateau, final eval loss, steps and wall time;
+                below the plateau, final eval loss, steps and wall time; and, for runs
+                logged with train.progress, when the hidden progress shows: the first step
+                a head attends to its row or column above chance, and where representation
+                collapse peaks (`hidden_progress`);
   runs.png      every run's L_mask against steps and against wall-clock minutes;
   summary.json  the table's numbers (the figure's too).
 The drop is train.py's (utils.detect_drop on the total loss). L_mask on the plateau is the median
@@ -22,6 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -31,10 +36,38 @@ from train import read_metrics  # noqa: E402
 FINAL_LOGS = 20
 SMOOTH_LOGS = 10
 BELOW = 5.0
+RISE = 0.05
 
 
-def compare(records: list[dict], wall_time: float | None = None) -> dict:
-    """One run's row, from its logged records (the step order of metrics.jsonl)."""
+def hidden_progress(records: list[dict], shape: tuple[int, int] | None, drop_step) -> dict:
+    """When the progress hidden on the plateau shows (runs logged with train.progress):
+    `head_rise_step`, the first logged step at which some head's share on its row (or column)
+    exceeds chance, (n − 1) / (mn − 1) (or (m − 1) / (mn − 1)), by more than RISE; and
+    `collapse_peak_step`, where the last layer's representation collapse peaks before the drop
+    (over the whole run without one)."""
+    out = {"head_rise_step": None, "collapse_peak_step": None}
+    logged = [r for r in records if "att_row" in r]
+    if not logged:
+        return out
+    if shape is not None:
+        m, n = shape
+        row_chance, col_chance = (n - 1) / (m * n - 1), (m - 1) / (m * n - 1)
+        for r in logged:
+            rows = max(max(layer) for layer in r["att_row"]) - row_chance
+            cols = max(max(layer) for layer in r["att_col"]) - col_chance
+            if max(rows, cols) > RISE:
+                out["head_rise_step"] = r["step"]
+                break
+    before = [r for r in logged if drop_step is None or r["step"] <= drop_step]
+    out["collapse_peak_step"] = max(before, key=lambda r: r["collapse"][-1])["step"]
+    return out
+
+
+def compare(
+    records: list[dict], wall_time: float | None = None, shape: tuple[int, int] | None = None
+) -> dict:
+    """One run's row, from its logged records (the step order of metrics.jsonl); `shape`, the
+    run's matrix size (None for a mixture of sizes), sets the heads' chance shares."""
     steps = [r["step"] for r in records]
     drop = utils.detect_drop(steps, [r["loss"] for r in records])
     time_at = {r["step"]: r["time"] / 60 for r in records}
@@ -50,6 +83,7 @@ def compare(records: list[dict], wall_time: float | None = None) -> dict:
         "final_eval_loss": records[-1].get("eval_loss"),
         "steps": steps[-1],
         "wall_min": (wall_time if wall_time is not None else records[-1]["time"]) / 60,
+        **hidden_progress(records, shape, drop["drop_step"]),
     }
     if drop["drop_step"] is None:
         return row
@@ -65,6 +99,17 @@ def compare(records: list[dict], wall_time: float | None = None) -> dict:
             row["below_min"] = recent[-1]["time"] / 60
             break
     return row
+
+
+def matrix_shape(run: Path) -> tuple[int, int] | None:
+    """(m, n) from the run's config.yaml; None for a mixture of sizes or no config."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    data = (yaml.safe_load(path.read_text()) or {}).get("data", {})
+    if data.get("sizes") or "m" not in data or "n" not in data:
+        return None
+    return data["m"], data["n"]
 
 
 def figure(runs: dict[str, list[dict]], rows: dict[str, dict]):
@@ -102,7 +147,7 @@ def main(argv: list[str]) -> dict:
         summary = json.loads(path.read_text()) if path.is_file() else {}
         runs[run.name] = records
         rows[run.name] = {"run": run.name, "path": str(run)}
-        rows[run.name].update(compare(records, summary.get("wall_time_s")))
+        rows[run.name].update(compare(records, summary.get("wall_time_s"), matrix_shape(run)))
     if len(runs) < len(run_dirs):
         raise utils.UserError("two runs share a folder name; their rows would clash")
     utils.make_dir(out, "OUT_DIR")
@@ -110,7 +155,7 @@ def main(argv: list[str]) -> dict:
         list(rows.values()),
         ["run", "plateau_loss", "drop_step", "drop_min", "drop_end_step", "drop_end_min"]
         + ["plateau_loss_mask", "final_loss_mask", "ratio", "below_step", "below_min"]
-        + ["final_eval_loss", "steps", "wall_min"],
+        + ["final_eval_loss", "steps", "wall_min", "head_rise_step", "collapse_peak_step"],
     )
     utils.atomic_write_text(out / "runs.md", table)
     utils.save_figure(figure(runs, rows), out, "runs")
@@ -119,6 +164,7 @@ def main(argv: list[str]) -> dict:
         "final_logs": FINAL_LOGS,
         "smooth_logs": SMOOTH_LOGS,
         "below": BELOW,
+        "rise": RISE,
     }
     utils.write_json(out / "summary.json", summary)
     print(table, end="")

@@ -156,15 +156,31 @@ def test_export_run_keeps_the_weights_and_drops_the_rest(tiny_run, tmp_path):
 
 
 def _sharp_drop_run(folder, spike_at_end=True):
-    """A logged run whose L_mask is 0.1 until step 5,000 (one 0.5 spike at 3,000) and 0.01 from
-    there to step 10,000 (one 1.0 spike at the last log); the total loss is 0.3 · L_mask."""
+    """A logged run of 4×4 matrices whose L_mask is 0.1 until step 5,000 (one 0.5 spike at
+    3,000) and 0.01 from there to step 10,000 (one 1.0 spike at the last log); the total loss is
+    0.3 · L_mask. Its one layer of two heads: head 1's row share is at chance (3/15 = 0.2), 0.24
+    at 3,500 and 0.3 from 4,000 on; collapse peaks at 3,000 (0.9) before the drop and at 8,000
+    (0.95) after it."""
     folder.mkdir()
     records = []
     for step in range(0, 10_001, 100):
         mask = 0.1 if step < 5000 else 0.01
         mask = 0.5 if step == 3000 else 1.0 if step == 10_000 and spike_at_end else mask
-        records.append({"step": step, "loss": 0.3 * mask, "loss_mask": mask, "time": step * 0.06})
+        row = 0.3 if step >= 4000 else 0.24 if step == 3500 else 0.2
+        collapse = {3000: 0.9, 8000: 0.95}.get(step, 0.5)
+        records.append(
+            {
+                "step": step,
+                "loss": 0.3 * mask,
+                "loss_mask": mask,
+                "time": step * 0.06,
+                "att_row": [[0.2, row]],
+                "att_col": [[0.2, 0.2]],
+                "collapse": [0.1, collapse],
+            }
+        )
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "config.yaml").write_text("data:\n  m: 4\n  n: 4\n  sizes: []\n")
     return records
 
 
@@ -174,7 +190,7 @@ def test_compare_runs_reads_levels_as_medians_and_the_completion_as_lasting(tmp_
     sys.path.insert(0, str(ROOT / "scripts"))
     import compare_runs
 
-    row = compare_runs.compare(_sharp_drop_run(tmp_path / "a"))
+    row = compare_runs.compare(_sharp_drop_run(tmp_path / "a"), shape=(4, 4))
     assert 4000 < row["drop_step"] < row["drop_end_step"] <= 5500
     assert row["plateau_loss_mask"] == 0.1  # the 0.5 spike at 3,000 is outvoted
     assert row["final_loss_mask"] == 0.01  # and so is the 1.0 at the last log
@@ -182,6 +198,9 @@ def test_compare_runs_reads_levels_as_medians_and_the_completion_as_lasting(tmp_
     # the median of the last 10 logs: 4 at 0.1 and 6 at 0.01 first at step 5,500
     assert row["below_step"] == 5500 and row["below_min"] == pytest.approx(5.5)
     assert row["wall_min"] == pytest.approx(10.0)
+    # hidden progress: 0.24 is within RISE of chance, 0.3 is not; the collapse peak after the
+    # drop (8,000) is not the one before it
+    assert row["head_rise_step"] == 4000 and row["collapse_peak_step"] == 3000
 
 
 def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
@@ -210,6 +229,7 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["run"] for r in summary["runs"]] == ["s0", "flat"]
     assert summary["runs"][0]["below_step"] == 5500
+    assert summary["runs"][0]["head_rise_step"] == 4000  # the shape read from its config.yaml
     assert summary["runs"][1]["drop_step"] is None and summary["runs"][1]["ratio"] is None
     table = (out / "runs.md").read_text().splitlines()
     assert table[2].startswith("| s0 |") and "| 5500 |" in table[2]
