@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import ROOT
 
+import train
 import utils
 from data import DataConfig, MatrixSampler, make_batch
 from src.gpt import data as gpt_data
@@ -265,3 +266,16 @@ def test_copy_score_of_a_copying_head_is_one():
 def test_the_cpu_config_loads():
     cfg = utils.load_config(gpt_train.GPTTrainConfig, ROOT / "src" / "configs" / "gpt_cpu.yaml")
     assert (cfg.data.m, cfg.data.rank, cfg.model.block_size) == (7, 2, 99)
+
+
+def test_the_copying_drop_is_found_after_the_initial_fall():
+    """Catches the early logs (steps 1-9) taken for the plateau: on the committed CPU re-run
+    their first flat stretch is the loss at initialisation (5.98), which moved the drop's start
+    to step 220; the plateau is the 5.42 of steps 10-240."""
+    folder = ROOT / "docs/results/gpt_cpu/rerun_2026-11-30"
+    records = train.read_metrics(folder / "metrics.jsonl")
+    cfg = utils.load_config(gpt_train.GPTTrainConfig, folder / "config.yaml")
+    assert records[0]["step"] == 1
+    summary = gpt_train.summarize(records, [], 1.0, cfg, "cpu")
+    assert (summary["drop_step"], summary["drop_end_step"]) == (240, 370)
+    assert abs(summary["plateau_loss"] - 5.42) < 0.01

@@ -319,9 +319,12 @@ def summarize(
 ) -> dict:
     """The copying drop (detected on `loss_obs`), final numbers and copy scores."""
     # The GPT's plateau lasts a few hundred steps of a 100k-step run, so no minimum length: a
-    # flat stretch of 3 logged points will do, and `plateau_loss` is the first one's level.
-    steps = [r["step"] for r in records]
-    drop = utils.detect_drop(steps, [r["loss_obs"] for r in records], min_plateau_frac=0.0)
+    # flat stretch of 3 logged points will do, and `plateau_loss` is the first one's level. The
+    # extra logs before the first `log_every` (the initial fall) are left out: their first
+    # flat stretch is the loss at initialisation, not the plateau.
+    regular = [r for r in records if r["step"] >= cfg.train.log_every]
+    steps = [r["step"] for r in regular]
+    drop = utils.detect_drop(steps, [r["loss_obs"] for r in regular], min_plateau_frac=0.0)
     last = records[-1] if records else {}
     timed = [r for r in records if r.get("steps_per_s")]
     finals = ("loss", "loss_obs", "loss_mask", "eval_loss", "acc", "acc_obs", "acc_mask")
