@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 import utils
-from data import Batch, DataConfig, MatrixSampler, round_values, value_at_hidden
+from data import Batch, DataConfig, MatrixSampler, value_at_hidden
 from model import analysis_data_config, check_fits, checkpoint_path, load_from_section, predict
 from utils import LOSSES, AnalysisData, StepsCkptSection, WandbConfig, opt
 
@@ -63,8 +63,7 @@ def conditions(
     """MASK, each replacement value, and random full-rank inputs."""
     out = [Condition("MASK", batch.input_ids, batch.target, batch.observed)]
     for v in replace_values:
-        v = round_values(torch.tensor(float(v)), cfg.prec).item()  # what the token encodes
-        ids = value_at_hidden(batch, v, cfg)
+        ids, v = value_at_hidden(batch, v, cfg)  # v: what the token encodes
         out.append(Condition(f"{v:g} at hidden", ids, batch.target, batch.observed, v))
     rb = random_batch
     out.append(Condition("random full-rank", rb.input_ids, rb.target, rb.observed))

@@ -149,13 +149,15 @@ def make_batch(values: torch.Tensor, observed: torch.Tensor, cfg: DataConfig, ch
     return Batch(ids, values.flatten(-2), observed.flatten(-2), m, n)
 
 
-def value_at_hidden(batch: Batch, value: float, cfg: DataConfig) -> torch.Tensor:
+def value_at_hidden(batch: Batch, value: float, cfg: DataConfig) -> tuple[torch.Tensor, float]:
     """Input ids [B, T] of `batch` with the token of `value` where MASK was (paper Table 1: a
-    model that only copies then outputs `value` at the hidden entries)."""
+    model that only copies then outputs that value at the hidden entries), and the value the
+    token encodes (`value` rounded to `cfg.prec`), the one a copier outputs."""
+    value = round_values(torch.tensor(float(value)), cfg.prec).item()
     shape = (-1, batch.m, batch.n)
     filled = torch.where(batch.observed, batch.target, value).reshape(shape)
     everywhere = torch.ones_like(batch.observed).reshape(shape)
-    return tokenize(filled, everywhere, cfg.prec, cfg.min_vocab, cfg.max_vocab)
+    return tokenize(filled, everywhere, cfg.prec, cfg.min_vocab, cfg.max_vocab), value
 
 
 def structured_observed(

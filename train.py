@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 import utils
-from data import DataConfig, MatrixSampler, round_values, value_at_hidden
+from data import DataConfig, MatrixSampler, value_at_hidden
 from model import (
     ROLE_RULE,
     MatrixBert,
@@ -165,8 +165,7 @@ class Trainer:
         self.progress_batch = None
         if t.progress:
             batch = MatrixSampler(cfg.data, self.device, seed=t.seed + 2_000_003).sample(t.num_eval)
-            written = round_values(torch.tensor(COPY_VALUE), cfg.data.prec).item()
-            self.progress_batch = (batch, value_at_hidden(batch, written, cfg.data), written)
+            self.progress_batch = (batch, *value_at_hidden(batch, COPY_VALUE, cfg.data))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

@@ -998,15 +998,15 @@ def _flat_stretches(s: np.ndarray, flat: float) -> Iterator[tuple[int, int]]:
     for a in range(len(s)):
         if b < a:
             b = a
-            highs.clear(), lows.clear()
-            highs.append(a), lows.append(a)
+            highs, lows = collections.deque([a]), collections.deque([a])
         while b + 1 < len(s) and max(s[highs[0]], s[b + 1]) - min(s[lows[0]], s[b + 1]) <= flat:
             b += 1
             while highs and s[highs[-1]] <= s[b]:
                 highs.pop()
             while lows and s[lows[-1]] >= s[b]:
                 lows.pop()
-            highs.append(b), lows.append(b)
+            highs.append(b)
+            lows.append(b)
         yield a, b
         for q in (highs, lows):
             if q and q[0] == a:

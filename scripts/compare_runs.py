@@ -158,7 +158,9 @@ def main(argv: list[str]) -> dict:
         + ["final_eval_loss", "steps", "wall_min", "head_rise_step", "collapse_peak_step"],
     )
     utils.atomic_write_text(out / "runs.md", table)
-    utils.save_figure(figure(runs, rows), out, "runs")
+    fig = figure(runs, rows)
+    utils.save_figure(fig, out, "runs")
+    utils.close_figure(fig)
     summary = {
         "runs": list(rows.values()),
         "final_logs": FINAL_LOGS,
