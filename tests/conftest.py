@@ -58,6 +58,20 @@ def read_wandb_run(folder: Path) -> dict:
     .wandb file (a LevelDB-style log of protobuf records; wandb 0.31 has no Python reader):
     {"run": the run record, "history": [{key: value}], "summary": {key: value}, "records":
     the record types written}. Nested keys are joined with '/'."""
+    import time
+
+    # Once in CI (2026-11-30, a loaded machine) a run's file held no run record when read right
+    # after the run finished; suspected: W&B's service process still flushing. Read again for
+    # up to 20 s before concluding that the run record is missing.
+    deadline = time.time() + 20
+    out = _read_wandb_file(folder)
+    while out["run"] is None and time.time() < deadline:
+        time.sleep(0.5)
+        out = _read_wandb_file(folder)
+    return out
+
+
+def _read_wandb_file(folder: Path) -> dict:
     import json
     import struct
 
