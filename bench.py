@@ -438,7 +438,8 @@ def main(cfg: BenchConfig) -> dict:
         _transformers()
     out_dir = prepare_out_dir(b.out_dir)
     utils.save_config(cfg, out_dir)
-    label = f"ours ({tcfg.train.precision}, compile={tcfg.train.compile})"
+    precision = train.resolve_precision(tcfg.train.precision, device)
+    label = f"ours ({precision}, compile={tcfg.train.compile})"
     profile_steps = b.profile_steps if b.profile else 0
     runs = {label: time_ours(tcfg, b.warmup_steps, b.steps, profile_steps, b.logging)}
     for variant, vcfg in variants.items():

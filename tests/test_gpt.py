@@ -276,6 +276,6 @@ def test_the_copying_drop_is_found_after_the_initial_fall():
     records = train.read_metrics(folder / "metrics.jsonl")
     cfg = utils.load_config(gpt_train.GPTTrainConfig, folder / "config.yaml")
     assert records[0]["step"] == 1
-    summary = gpt_train.summarize(records, [], 1.0, cfg, "cpu")
+    summary = gpt_train.summarize(records, [], 1.0, cfg, "cpu", "fp32")
     assert (summary["drop_step"], summary["drop_end_step"]) == (240, 370)
     assert abs(summary["plateau_loss"] - 5.42) < 0.01

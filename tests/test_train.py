@@ -554,3 +554,19 @@ def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypat
     import stat
 
     assert [stat.S_ISREG(m) for m in synced] == [True, False]  # the file, then its folder
+
+
+@pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(
+    tmp_path, monkeypatch, native, expected
+):
+    """Catches `auto` training in bf16 on a CPU that emulates it (a step of the CPU demo 9×
+    slower on an AVX2 machine), and a summary that records "auto" instead of what ran."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    cfg = tiny_config(tmp_path, "train.precision=auto", "train.steps=5", "train.save_steps=[]")
+    trainer = train.Trainer(cfg)
+    assert trainer.precision == expected
+    assert trainer.autocast_dtype == (torch.bfloat16 if native else None)
+    assert train.main(cfg)["precision"] == expected
+    for explicit in ("fp32", "tf32", "bf16"):  # an explicit choice is never overridden
+        assert train.resolve_precision(explicit, torch.device("cpu")) == explicit

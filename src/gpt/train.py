@@ -176,7 +176,7 @@ class GPTTrainer(bert_train.Trainer):
 
     def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
         attn = bert_train.read_metrics(out_dir / "attention.jsonl")
-        return summarize(records, attn, wall_time, self.cfg, str(self.device))
+        return summarize(records, attn, wall_time, self.cfg, str(self.device), self.precision)
 
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
         plot_curves(records, out_dir, summary, title=self.cfg.wandb.name)
@@ -315,7 +315,12 @@ def plot_curves(records: list[dict], out_dir: Path, drop: dict, title: str = "")
 
 
 def summarize(
-    records: list[dict], attn: list[dict], wall_time: float, cfg: GPTTrainConfig, device: str
+    records: list[dict],
+    attn: list[dict],
+    wall_time: float,
+    cfg: GPTTrainConfig,
+    device: str,
+    precision: str,
 ) -> dict:
     """The copying drop (detected on `loss_obs`), final numbers and copy scores."""
     # The GPT's plateau lasts a few hundred steps of a 100k-step run, so no minimum length: a
@@ -338,7 +343,7 @@ def summarize(
         "steps_per_s": timed[-1]["steps_per_s"] if timed else None,
         "device": device,
         "attention": cfg.model.attention,
-        "precision": cfg.train.precision,
+        "precision": precision,
         "compile": cfg.train.compile,
     }
 
