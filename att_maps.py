@@ -292,14 +292,14 @@ def main(cfg: Config) -> dict:
         {"step": c["step"], "layer": "chance", "head": "—", **c["chance"], "role": "—"}
         for c in summary["checkpoints"]
     ]
-    text = (
+    heads = [
         "Share of each query's attention to other positions in its row, its column, itself, and "
         "to observed / hidden keys, averaged over queries and matrices, and each head's role "
         f"({ROLE_RULE}). Layers and heads 0-based (the paper's layer 2 head 1 is layer 1 head "
-        "0). `chance`: uniform attention.\n\n"
-        + utils.markdown_table(table + chance_rows, ["step", "layer", "head", *SHARES, "role"])
-    )
-    utils.write_results(out_dir, summary, {"heads.md": text}, cfg, "att_maps")
+        "0). `chance`: uniform attention.",
+        utils.Table(table + chance_rows, ["step", "layer", "head", *SHARES, "role"]),
+    ]
+    utils.write_results(out_dir, summary, {"heads.md": heads}, cfg, "att_maps")
     print(f"outputs in {out_dir}")
     return summary
 

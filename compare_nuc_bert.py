@@ -184,10 +184,10 @@ def main(cfg: CompareConfig) -> dict:
     title = figure_title(summary)
     columns = ["p_mask", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
     columns += ["bert_loss_mask", "nuc_loss_mask", "bert_norm", "nuc_norm", "true_norm", "unsolved"]
-    table = utils.markdown_table(rows, columns)
-    utils.write_results(out_dir, summary, {"table.md": table}, cfg, "compare_nuc_bert")
+    table = utils.Table(rows, columns)
+    utils.write_results(out_dir, summary, {"table.md": [table]}, cfg, "compare_nuc_bert")
     print(title)
-    print(table, end="")
+    print(table.markdown(), end="")
     print(
         f"solver {cfg.compare.solver}: {summary['num_problems']} problems in "
         f"{summary['solver_wall_s']:.1f} s ({summary['solver_cpu_s']:.1f} s CPU), "

@@ -111,11 +111,11 @@ def main(cfg: CopyCheckConfig) -> dict:
         for row in check_model(model, conds, cfg.data.batch_size, device):
             rows.append({"step": ckpt.get("step"), **row})
     columns = ["step", "input", *LOSSES, "mse_to_value"]
-    table = utils.markdown_table(rows, columns)
+    table = utils.Table(rows, columns)
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}
-    utils.write_results(out_dir, summary, {"table.md": table}, cfg, "copy_check")
+    utils.write_results(out_dir, summary, {"table.md": [table]}, cfg, "copy_check")
     print(f"{data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, p_mask {data_cfg.p_mask}")
-    print(table + f"outputs in {out_dir}")
+    print(table.markdown() + f"outputs in {out_dir}")
     return summary
 
 

@@ -355,14 +355,14 @@ def main(args: argparse.Namespace) -> dict:
             }
         )
     columns = ["problem", "lam", "loss_obs", "loss_mask", "loss", "unsolved", "time_s"]
-    table = utils.markdown_table(rows, columns)
+    table = utils.Table(rows, columns)
     summary = {"args": vars(args), "rows": rows}
-    utils.write_results(out_dir, summary, {"table.md": table})
+    utils.write_results(out_dir, summary, {"table.md": [table]})
     print(
         f"{args.num_matrices} matrices {args.m}×{args.n}, rank {args.rank}, "
         f"p_mask {args.p_mask}, solver {args.solver}"
     )
-    print(table + f"outputs in {out_dir}")
+    print(table.markdown() + f"outputs in {out_dir}")
     return summary
 
 

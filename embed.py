@@ -44,7 +44,6 @@ import data
 import utils
 from data import DataConfig, MatrixSampler
 from model import MatrixBert, analysis_data_config, evaluate, load_from_section
-from train import checkpoints
 from utils import LOSSES, AnalysisData, CkptSection, UserError, WandbConfig, opt
 
 if TYPE_CHECKING:
@@ -698,7 +697,7 @@ def progress_steps(cfg: EmbedConfig) -> list[int]:
     section = cfg.ckpt
     if section.path:
         raise UserError(f"{cfg.exp_type} needs ckpt.run with ckpt.steps; ckpt.path names one file")
-    steps = section.steps or list(checkpoints(utils.resolve_path(section.run)))
+    steps = section.steps or list(utils.checkpoints(utils.resolve_path(section.run)))
     if not steps:
         raise UserError(f"no checkpoints in {section.run} for {cfg.exp_type}")
     return steps
@@ -796,10 +795,11 @@ def main(cfg: EmbedConfig) -> dict:
     summary, rows = EXPERIMENTS[cfg.exp_type](ctx)
     summary = {"exp_type": cfg.exp_type, **summary}
     draw_figures(summary, out_dir)
-    table = utils.markdown_table(rows)
-    utils.write_results(out_dir, summary, {"table.md": table}, cfg, "embed")
+    table = utils.Table(rows)
+    utils.write_results(out_dir, summary, {"table.md": [table]}, cfg, "embed")
     print(
-        f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table}outputs in {out_dir}"
+        f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table.markdown()}"
+        f"outputs in {out_dir}"
     )
     return summary
 

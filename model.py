@@ -206,6 +206,65 @@ def heads_with_role(roles: list[list[str]], role: str) -> list[tuple[int, int]]:
     return [(i, h) for i, layer in enumerate(roles) for h, r in enumerate(layer) if r == role]
 
 
+# The roles in a training log: train.py's records hold each head's shares as [layer][head] lists
+# (att_row, att_col, att_self) at the steps that measured them (train.progress).
+
+
+def record_roles(record: dict) -> list[list[str]] | None:
+    """The roles [layer][head] at one logged record; None where it did not measure the shares."""
+    if "att_row" not in record:
+        return None
+    return head_roles({k: record[f"att_{k}"] for k in ("row", "col", "self")})
+
+
+def final_roles(records: list[dict]) -> list[list[str]] | None:
+    """The roles [layer][head] at the last step that logged the head shares (None: never)."""
+    logged = [r for r in records if "att_row" in r]
+    return record_roles(logged[-1]) if logged else None
+
+
+def role_counts(record: dict) -> dict:
+    """How many heads are row, column and self heads at this record (for the dashboards)."""
+    roles = record_roles(record)
+    if roles is None:
+        return {}
+    flat = [r for layer in roles for r in layer]
+    return {f"{role}_heads": flat.count(role) for role in ("row", "column", "self")}
+
+
+def role_changes(records: list[dict]) -> list[dict]:
+    """Each head (layer and head 0-based) that is a row, column or self head (ROLE_RULE) at the
+    last step that measured the shares (the run's last, unless it was resumed with
+    `train.progress` off), the logged step from which it kept that role, and its shares then."""
+    measured = [r for r in records if "att_row" in r]
+    if not measured:
+        return []
+    logged = [(r["step"], record_roles(r)) for r in measured]
+    last_step, final = logged[-1]
+    last = measured[-1]
+    out = []
+    for i, layer in enumerate(final):
+        for h, role in enumerate(layer):
+            if role == "other":
+                continue
+            since = last_step
+            for step, roles in reversed(logged):
+                if roles[i][h] != role:
+                    break
+                since = step
+            out.append(
+                {
+                    "layer": i,
+                    "head": h,
+                    "role": role,
+                    "since_step": since,
+                    "at_step": last_step,
+                    **{f"final_{k}": last[f"att_{k}"][i][h] for k in ("row", "col", "self")},
+                }
+            )
+    return out
+
+
 @torch.no_grad()
 def attention_summary(model: MatrixBert, batches: list[Batch], mean_pattern: bool = False) -> dict:
     """Over `batches`: the shares per layer and head ({SHARES key: [L, H]}, each matrix weighing

@@ -188,7 +188,7 @@ def main(cfg: OodConfig) -> dict:
     columns = ["value", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
     columns += ["bert_loss_mask", "nuc_loss_mask", "redrawn", "unsolved"]
     summary = {"step": step, "num_samples": cfg.data.num_samples, "sweeps": {}}
-    tables = []
+    document: utils.Document = []
     for kind, points in sweep_points(cfg.ood, cfg.data).items():
         if not points:
             continue
@@ -209,13 +209,14 @@ def main(cfg: OodConfig) -> dict:
             "skipped": skipped,
             "figures": [p.name for p in figures],
         }
-        text = f"## {kind} (trained: {trained_value(kind, trained)})\n\n"
-        text += utils.markdown_table(rows, columns) if rows else "no point the model can take\n"
-        text += "".join(f"\n- skipped {kind} = {s['value']}: {s['reason']}" for s in skipped)
-        tables.append(text + ("\n" if skipped else ""))
-    utils.write_results(out_dir, summary, {"tables.md": "\n".join(tables)}, cfg, "ood")
+        document.append(f"## {kind} (trained: {trained_value(kind, trained)})")
+        document.append(utils.Table(rows, columns) if rows else "no point the model can take")
+        if skipped:
+            lines = [f"- skipped {kind} = {s['value']}: {s['reason']}" for s in skipped]
+            document.append("\n".join(lines))
+    utils.write_results(out_dir, summary, {"tables.md": document}, cfg, "ood")
     print(f"step {step}, solver {cfg.ood.solver}, {cfg.data.num_samples} matrices per point\n")
-    print("\n".join(tables) + f"\noutputs in {out_dir}")
+    print(utils.render(document) + f"\noutputs in {out_dir}")
     return summary
 
 

@@ -348,7 +348,7 @@ def main(cfg: Config) -> dict:
     }
     columns = ["run", "x_observed", "x_hidden", "neg_x_observed", "neg_x_hidden"]
     columns += [f"restored_{e}" for e in ENTRIES]
-    table = utils.markdown_table([{"run": k, **v} for k, v in summary["runs"].items()], columns)
+    table = utils.Table([{"run": k, **v} for k, v in summary["runs"].items()], columns)
     what = (
         f"step {step}: MSE against X (x_) and against −X (neg_x_) at observed and hidden entries; "
         f"`patched`: input −X, clean z patched in at layers {chosen['layers']}, heads "
@@ -360,8 +360,8 @@ def main(cfg: Config) -> dict:
         + f", positions {chosen['positions'] or 'all'} (0-based); "
         "`restored_*`: share of the clean–corrupted gap closed at those entries"
     )
-    print(what + "\n" + table)
-    text = what + ".\n\n" + table
+    print(what + "\n" + table.markdown())
+    document = [what + ".", table]
     entries = cfg.patch.sweep_entries
     sweeps = {}
     if cfg.patch.head_sweep:
@@ -383,8 +383,8 @@ def main(cfg: Config) -> dict:
                 f"index {best[2]} (0-based)"
             )
         print(line)
-        text += f"\n{line}\n"
-    utils.write_results(out_dir, summary, {"patch.md": text}, cfg, "patch")
+        document.append(line)
+    utils.write_results(out_dir, summary, {"patch.md": document}, cfg, "patch")
     print(f"outputs in {out_dir}")
     return summary
 

@@ -357,29 +357,29 @@ def main(cfg: Config) -> dict:
     verdict = line_verdict(results)
     summary = {"step": step, "bias": p.bias, "ridge": p.ridge, "targets": results, **verdict}
     fit = f"ridge {p.ridge:g}" if p.ridge else "least squares"
-    text = (
+    document: utils.Document = [
         f"Linear probes ({fit}), step {step}; layer 0 = embedding output, layer i = output of "
         "layer i (1-based, as in the paper). test_r2_mates: R² over the row-mates / column-mates "
-        "only, the entry's own value left out.\n"
-    )
+        "only, the entry's own value left out."
+    ]
     for kind, rows in results.items():
         columns = [c for c in rows[0] if c != "layer"]
-        text += f"\n{kind}\n\n" + utils.markdown_table(rows, ["layer", *columns])
+        document += [kind, utils.Table(rows, ["layer", *columns])]
     if "better_axis" in verdict:
-        text += (
-            f"\nrow-mates R² {utils.fmt(verdict['row']['first_layer'])} → "
+        document.append(
+            f"row-mates R² {utils.fmt(verdict['row']['first_layer'])} → "
             f"{utils.fmt(verdict['row']['last_layer'])}, column-mates R² "
             f"{utils.fmt(verdict['column']['first_layer'])} → "
             f"{utils.fmt(verdict['column']['last_layer'])} (layer 1 → {len(results['row']) - 1}): "
             + (
-                f"the last layer holds the {verdict['better_axis']}s better.\n"
+                f"the last layer holds the {verdict['better_axis']}s better."
                 if verdict["better_axis"] != "neither"
-                else f"neither is held better by more than {AXIS_MARGIN}.\n"
+                else f"neither is held better by more than {AXIS_MARGIN}."
             )
         )
-    print(text)
+    print(utils.render(document))
     draw_figures(summary, out_dir)
-    utils.write_results(out_dir, summary, {"probe.md": text}, cfg, "probe")
+    utils.write_results(out_dir, summary, {"probe.md": document}, cfg, "probe")
     print(f"outputs in {out_dir}")
     return summary
 

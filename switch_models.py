@@ -139,13 +139,13 @@ def main(cfg: Config) -> dict:
             losses = evaluate(build(models[base][0], state), batches)
             rows.append({**row, "from": src, "params": params, **losses})
     summary = {"steps": steps, "groups": {g: GROUPS[g] for g in cfg.switch.groups}, "rows": rows}
-    text = (
+    document = [
         f"MSE over all (loss), observed (loss_obs) and hidden (loss_mask) entries; pre = step "
-        f"{steps['pre']}, post = step {steps['post']}; `params`: parameters switched.\n\n"
-        + utils.markdown_table(rows, ["model", "params", *LOSSES])
-    )
-    print(text)
-    utils.write_results(out_dir, summary, {"switch_models.md": text}, cfg, "switch_models")
+        f"{steps['pre']}, post = step {steps['post']}; `params`: parameters switched.",
+        utils.Table(rows, ["model", "params", *LOSSES]),
+    ]
+    print(utils.render(document))
+    utils.write_results(out_dir, summary, {"switch_models.md": document}, cfg, "switch_models")
     print(f"outputs in {out_dir}")
     return summary
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
 import signal
 import sys
@@ -50,15 +49,16 @@ from model import (
     MatrixBert,
     attention_shares,
     check_fits,
-    head_roles,
+    final_roles,
     representation_collapse,
+    role_changes,
+    role_counts,
 )
 from modeling_bert import BertConfig, act_name
 from utils import TrainWandbConfig, UserError, opt
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 COPY_VALUE = 0.44  # the value the copy test writes at hidden entries (paper Table 1's first)
 EARLY_LOGS = 8  # extra logs within the first log_every steps (see TrainSection.logs_at)
 
@@ -346,43 +346,6 @@ class Trainer:
 # Outputs
 
 
-def checkpoints(out_dir: Path) -> dict[int, Path]:
-    """{step: path} of the step-stamped checkpoints in `out_dir`."""
-    found = {}
-    for p in Path(out_dir).glob("step_*.pt"):
-        if m := CKPT_RE.search(p.name):
-            found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a jsonl log. A torn last line (a run killed while writing it) is dropped;
-    a bad line anywhere else is an error."""
-    if not path.is_file():
-        return []
-    try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text log (not UTF-8)") from None
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise UserError(f"{path}: line {i + 1} is not a JSON record") from None
-    return records
-
-
-def trim_jsonl(path: Path, step: int) -> list[dict]:
-    """Keep the records of a jsonl log up to `step` (a resumed run drops what came after its
-    checkpoint) and return them."""
-    kept = [r for r in read_metrics(path) if r["step"] <= step]
-    utils.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-    return kept
-
-
 def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
     """Create or check the output folder; returns it and the checkpoint to resume from (if any).
 
@@ -393,8 +356,8 @@ def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
     out_dir = utils.resolve_path(cfg.train.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"'train.out_dir' {out_dir} is a file, not a folder")
-    found = checkpoints(out_dir) if out_dir.is_dir() else {}
-    logged = read_metrics(out_dir / "metrics.jsonl")
+    found = utils.checkpoints(out_dir) if out_dir.is_dir() else {}
+    logged = utils.read_metrics(out_dir / "metrics.jsonl")
     if not cfg.train.resume:
         if found or (out_dir / "summary.json").exists():
             what = list(found.values())[-1].name if found else "summary.json"
@@ -427,62 +390,6 @@ def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
                     f"now {value!r}"
                 )
     return out_dir, ckpt
-
-
-def final_roles(records: list[dict]) -> list[list[str]] | None:
-    """The roles [layer][head] at the last step that logged the head shares (None: never)."""
-    logged = [r for r in records if "att_row" in r]
-    if not logged:
-        return None
-    return head_roles({k: logged[-1][f"att_{k}"] for k in ("row", "col", "self")})
-
-
-def role_counts(record: dict) -> dict:
-    """How many heads are row, column and self heads at this record (for the dashboards)."""
-    if "att_row" not in record:
-        return {}
-    roles = [
-        r
-        for layer in head_roles({k: record[f"att_{k}"] for k in ("row", "col", "self")})
-        for r in layer
-    ]
-    return {f"{role}_heads": roles.count(role) for role in ("row", "column", "self")}
-
-
-def role_changes(records: list[dict]) -> list[dict]:
-    """Each head (layer and head 0-based) that is a row, column or self head (model.ROLE_RULE)
-    at the last step that measured the shares (the run's last, unless it was resumed with
-    `train.progress` off), the logged step from which it kept that role, and its shares then."""
-    measured = [r for r in records if "att_row" in r]
-    logged = [
-        (r["step"], head_roles({k: r[f"att_{k}"] for k in ("row", "col", "self")}))
-        for r in measured
-    ]
-    if not logged:
-        return []
-    last_step, final = logged[-1]
-    last = measured[-1]
-    out = []
-    for i, layer in enumerate(final):
-        for h, role in enumerate(layer):
-            if role == "other":
-                continue
-            since = last_step
-            for step, roles in reversed(logged):
-                if roles[i][h] != role:
-                    break
-                since = step
-            out.append(
-                {
-                    "layer": i,
-                    "head": h,
-                    "role": role,
-                    "since_step": since,
-                    "at_step": last_step,
-                    **{f"final_{k}": last[f"att_{k}"][i][h] for k in ("row", "col", "self")},
-                }
-            )
-    return out
 
 
 def summarize(
@@ -598,7 +505,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
         trainer.load_state_dict(resume_from)
         print(f"resuming from step {trainer.step_count}")
     # The log holds exactly the steps up to the checkpoint (none for a fresh start).
-    records = trim_jsonl(metrics_path, trainer.step_count)
+    records = utils.trim_jsonl(metrics_path, trainer.step_count)
     trainer.on_resume(trainer.step_count, out_dir)
     utils.save_config(cfg, out_dir)
     # group: the folder's name, which the analyses of this run use as their group too
@@ -624,7 +531,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
             if not (saving or logging or extra):
                 continue
             if bool(trainer.nonfinite):
-                kept = max(checkpoints(out_dir), default=None)
+                kept = max(utils.checkpoints(out_dir), default=None)
                 raise UserError(
                     f"loss became non-finite by step {step}; stopped (last good checkpoint: "
                     f"{'step ' + str(kept) if kept is not None else 'none'}); try a lower train.lr"
@@ -671,21 +578,18 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
 
 
 def print_summary(summary: dict, out_dir: Path) -> None:
-    def fmt(x):
-        return "—" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
-
-    rows = [
-        ("plateau loss", summary["plateau_loss"]),
-        ("drop starts at step", summary["drop_step"]),
-        ("drop ends at step", summary["drop_end_step"]),
-        ("final loss", summary["final_loss"]),
-        ("final L_obs", summary["final_loss_obs"]),
-        ("final L_mask", summary["final_loss_mask"]),
-        ("steps/s (last interval)", summary["steps_per_s"]),
-        ("wall time (s)", summary["wall_time_s"]),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows))
+    utils.print_rows(
+        [
+            ("plateau loss", summary["plateau_loss"]),
+            ("drop starts at step", summary["drop_step"]),
+            ("drop ends at step", summary["drop_end_step"]),
+            ("final loss", summary["final_loss"]),
+            ("final L_obs", summary["final_loss_obs"]),
+            ("final L_mask", summary["final_loss_mask"]),
+            ("steps/s (last interval)", summary["steps_per_s"]),
+            ("wall time (s)", summary["wall_time_s"]),
+        ]
+    )
     print(f"outputs in {out_dir}")
 
 

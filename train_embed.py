@@ -181,12 +181,12 @@ def full_run_records(cfg: TrainEmbedConfig) -> list[dict]:
     """The full training run's logged curve (empty for a checkpoint file without its run)."""
     if cfg.ckpt.path:
         return []
-    return train.read_metrics(utils.resolve_path(cfg.ckpt.run) / "metrics.jsonl")
+    return utils.read_metrics(utils.resolve_path(cfg.ckpt.run) / "metrics.jsonl")
 
 
 def read_group_run(cfg: TrainEmbedConfig, group: str) -> tuple[list[dict], dict]:
     run = utils.resolve_path(cfg.out_dir) / group
-    records = train.read_metrics(run / "metrics.jsonl")
+    records = utils.read_metrics(run / "metrics.jsonl")
     if not records or not (run / "summary.json").is_file():
         raise UserError(f"no finished run for group '{group}' in {run}; train it first")
     return records, json.loads((run / "summary.json").read_text())
@@ -255,9 +255,9 @@ def main(cfg: TrainEmbedConfig) -> dict:
     summary = {"full_training": full_summary, "groups": groups}
     rows = [summary_row(g, s) for g, s in groups.items()]
     rows += [summary_row(FULL, full_summary)] if full_summary else []
-    table = utils.markdown_table(rows)
-    utils.write_results(out_dir, summary, {"table.md": table})
-    print(f"{table}outputs in {out_dir}")
+    table = utils.Table(rows)
+    utils.write_results(out_dir, summary, {"table.md": [table]})
+    print(f"{table.markdown()}outputs in {out_dir}")
     return summary
 
 

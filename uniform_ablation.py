@@ -194,7 +194,7 @@ def main(cfg: Config) -> dict:
         ]
         for i, r in enumerate(runs):
             rows.append({"model": f"control {i + 1}: {len(heads)} other heads", **r})
-    table = utils.markdown_table(rows, ["model", *LOSSES])
+    table = utils.Table(rows, ["model", *LOSSES])
     how = (
         f"this model's {chosen_by['by_role']} heads ({ROLE_RULE})"
         if chosen_by["by_role"]
@@ -205,8 +205,8 @@ def main(cfg: Config) -> dict:
         f"heads ablated together ([layer, head], 0-based), {how}: {summary['heads']}"
         + ("; controls: as many heads drawn at random from the others" if controls else "")
     )
-    print(what + "\n" + table)
-    text = what + ".\n\n" + table
+    print(what + "\n" + table.markdown())
+    document = [what + ".", table]
     if cfg.ablation.sweep:
         single = {
             (i, h): evaluate(model, batches, ablate_head_hooks([(i, h)], method))
@@ -224,11 +224,11 @@ def main(cfg: Config) -> dict:
         draw_figures(summary, out_dir)
         worst = sorted(single.items(), key=lambda kv: -(kv[1]["loss_mask"] or 0.0))[:5]
         sweep_rows = [{"layer": i, "head": h, **v} for (i, h), v in worst]
-        sweep_table = utils.markdown_table(sweep_rows, ["layer", "head", *LOSSES])
+        sweep_table = utils.Table(sweep_rows, ["layer", "head", *LOSSES])
         head = "single heads whose ablation hurts hidden entries most (0-based)"
-        print(head + "\n" + sweep_table)
-        text += f"\n{head}:\n\n{sweep_table}"
-    utils.write_results(out_dir, summary, {"ablation.md": text}, cfg, "uniform_ablation")
+        print(head + "\n" + sweep_table.markdown())
+        document += [head + ":", sweep_table]
+    utils.write_results(out_dir, summary, {"ablation.md": document}, cfg, "uniform_ablation")
     print(f"outputs in {out_dir}")
     return summary
 

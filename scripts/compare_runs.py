@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402
-from train import read_metrics  # noqa: E402
 
 FINAL_LOGS = 20
 SMOOTH_LOGS = 10
@@ -140,7 +139,7 @@ def main(argv: list[str]) -> dict:
     out, run_dirs = Path(argv[0]), [Path(a) for a in argv[1:]]
     runs, rows = {}, {}
     for run in run_dirs:
-        records = read_metrics(run / "metrics.jsonl")
+        records = utils.read_metrics(run / "metrics.jsonl")
         if not records:
             raise utils.UserError(f"{run} has no metrics.jsonl records")
         path = run / "summary.json"

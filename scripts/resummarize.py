@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402
-from train import final_roles, read_metrics  # noqa: E402
+from model import final_roles  # noqa: E402
 
 
 def resummarize(run_dir: Path) -> dict:
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = utils.read_metrics(run_dir / "metrics.jsonl")
     if not records:
         raise utils.UserError(f"{run_dir} has no metrics.jsonl records")
     path = run_dir / "summary.json"

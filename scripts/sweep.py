@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402
-from train import read_metrics  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = utils.read_metrics(run_dir / "metrics.jsonl")
     drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     last = records[-1] if records else {}
     drop_time = None
@@ -68,7 +67,7 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
 
 def completed_for(run_dir: Path) -> int | None:
     """Steps logged since the drop ended (train.py's detector), or None before a drop."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = utils.read_metrics(run_dir / "metrics.jsonl")
     drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     if drop["drop_end_step"] is None:
         return None

@@ -12,7 +12,6 @@ import torch
 import yaml
 from conftest import ROOT
 
-import train
 import utils
 from data import DataConfig, MatrixSampler, make_batch
 from src.gpt import data as gpt_data
@@ -273,7 +272,7 @@ def test_the_copying_drop_is_found_after_the_initial_fall():
     their first flat stretch is the loss at initialisation (5.98), which moved the drop's start
     to step 220; the plateau is the 5.42 of steps 10-240."""
     folder = ROOT / "docs/results/gpt_cpu/rerun_2026-11-30"
-    records = train.read_metrics(folder / "metrics.jsonl")
+    records = utils.read_metrics(folder / "metrics.jsonl")
     cfg = utils.load_config(gpt_train.GPTTrainConfig, folder / "config.yaml")
     assert records[0]["step"] == 1
     summary = gpt_train.summarize(records, [], 1.0, cfg, "cpu", "fp32")

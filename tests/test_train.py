@@ -13,7 +13,7 @@ from conftest import ROOT, tiny_config
 import train
 import utils
 from data import MatrixSampler, detokenize
-from model import load_checkpoint
+from model import final_roles, load_checkpoint, role_changes
 from modeling_bert import act_name
 from utils import UserError
 
@@ -22,8 +22,8 @@ def test_end_to_end_writes_every_output(tiny_run):
     out_dir, summary = tiny_run
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json"):
         assert (out_dir / name).is_file(), name
-    assert sorted(train.checkpoints(out_dir)) == [10, 20]
-    records = train.read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(utils.checkpoints(out_dir)) == [10, 20]
+    records = utils.read_metrics(out_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     keys = {"step", "loss", "loss_obs", "loss_mask", "eval_loss", "mask_value"}
     assert keys <= set(records[0])
@@ -58,8 +58,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     a = torch.load(tmp_path / "a/run/step_000020.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b/run/step_000020.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ra = train.read_metrics(tmp_path / "a/run/metrics.jsonl")
-    rb = train.read_metrics(tmp_path / "b/run/metrics.jsonl")
+    ra = utils.read_metrics(tmp_path / "a/run/metrics.jsonl")
+    rb = utils.read_metrics(tmp_path / "b/run/metrics.jsonl")
     assert [r["step"] for r in rb] == [5, 10, 15, 20]
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
     assert [r["eval_loss"] for r in ra] == [r["eval_loss"] for r in rb]
@@ -91,7 +91,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer.model.backbone.hook_points[act_name("embed")].fns.append(poison)
     with pytest.raises(UserError, match="non-finite.*step 10"):
         train.fit(cfg, trainer, out_dir, resume)
-    assert sorted(train.checkpoints(out_dir)) == [10]
+    assert sorted(utils.checkpoints(out_dir)) == [10]
     kept = torch.load(out_dir / "step_000010.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in kept.values())
 
@@ -213,7 +213,7 @@ def test_drop_detector_finds_none_on_a_flat_curve():
 def test_drop_detector_on_the_recorded_paper_run():
     """The H100 run of configs/train.yaml (docs/results/h100_paper_run): plateau ≈ 0.067, the
     loss leaves it between steps 11,500 and 12,000 and is below a third of it by 14,200."""
-    records = train.read_metrics(ROOT / "docs/results/h100_paper_run/metrics.jsonl")
+    records = utils.read_metrics(ROOT / "docs/results/h100_paper_run/metrics.jsonl")
     assert len(records) == 500
     steps, loss = [r["step"] for r in records], [r["loss"] for r in records]
     drop = utils.detect_drop(steps, loss)
@@ -239,7 +239,7 @@ def test_drop_detector_on_recorded_cpu_demo_runs(run, drop_step):
     or not a run drops, its plateau is p_mask · E[X²] = 0.3 / 9 (not the level of a drop cut short
     by the end of the run)."""
     path = ROOT / "docs/results/tiny_cpu_search" / run / "metrics.jsonl"
-    records = train.read_metrics(path)
+    records = utils.read_metrics(path)
     drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     assert drop["drop_step"] == drop_step
     assert abs(drop["plateau_loss"] - 0.033) < 0.002
@@ -264,7 +264,7 @@ def test_drop_detector_on_the_cpu_demo_seeds(folder, seed, drop_step, drop_end_s
     """configs/train_tiny.yaml as committed, seeds 0-7 (docs/results/cpu_demo): catches a detector
     change that moves the drop steps the README and the demo's page quote."""
     path = ROOT / f"docs/results/cpu_demo/{folder}/s{seed}/metrics.jsonl"
-    records = train.read_metrics(path)
+    records = utils.read_metrics(path)
     drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     assert (drop["drop_step"], drop["drop_end_step"]) == (drop_step, drop_end_step)
     assert 0.032 < drop["plateau_loss"] < 0.036  # p_mask · E[X²] = 0.033
@@ -277,7 +277,7 @@ def test_flat_stretches_are_the_longest_from_each_start():
     rng = np.random.default_rng(0)
     for _ in range(200):
         s = np.cumsum(rng.normal(0, 0.1, int(rng.integers(1, 60))))
-        pairs = list(utils._flat_stretches(s, 0.2))
+        pairs = list(utils.drop._flat_stretches(s, 0.2))
         assert [a for a, _ in pairs] == list(range(len(s)))
         for a, b in pairs:
             assert np.ptp(s[a : b + 1]) <= 0.2
@@ -351,8 +351,8 @@ def test_resume_with_dropout_equals_uninterrupted(tmp_path):
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"resumed and uninterrupted runs end with other weights: {differ[:2]} ..."
     # a 10-step run may log more often than a 20-step one: compare the steps both logged
-    la = {r["step"]: r["loss"] for r in train.read_metrics(tmp_path / "a/run/metrics.jsonl")}
-    lb = {r["step"]: r["loss"] for r in train.read_metrics(tmp_path / "b/run/metrics.jsonl")}
+    la = {r["step"]: r["loss"] for r in utils.read_metrics(tmp_path / "a/run/metrics.jsonl")}
+    lb = {r["step"]: r["loss"] for r in utils.read_metrics(tmp_path / "b/run/metrics.jsonl")}
     both = sorted(la.keys() & lb.keys())
     assert 20 in both and [la[s] for s in both] == [lb[s] for s in both]
 
@@ -373,8 +373,8 @@ def test_progress_measures_change_nothing_in_training(tmp_path):
         _weights(tmp_path / "off/run/step_000020.pt"),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
-    on = train.read_metrics(tmp_path / "on/run/metrics.jsonl")
-    off = train.read_metrics(tmp_path / "off/run/metrics.jsonl")
+    on = utils.read_metrics(tmp_path / "on/run/metrics.jsonl")
+    off = utils.read_metrics(tmp_path / "off/run/metrics.jsonl")
     for key in ("loss", "loss_mask", "eval_loss"):
         assert [r[key] for r in on] == [r[key] for r in off]
     assert "att_row" in on[0] and "att_row" not in off[0]
@@ -384,7 +384,7 @@ def test_progress_measures_are_logged_with_their_meaning(tiny_run):
     """Catches shares that are not shares (outside [0, 1], row + column + self > 1), a collapse
     list of the wrong depth, or role counts that disagree with the shares."""
     out_dir, summary = tiny_run
-    records = train.read_metrics(out_dir / "metrics.jsonl")
+    records = utils.read_metrics(out_dir / "metrics.jsonl")
     for r in records:
         shares = np.array([r["att_row"], r["att_col"], r["att_self"]])  # [3, L, H]
         assert shares.shape == (3, 2, 4) and shares.min() >= 0
@@ -424,14 +424,14 @@ def test_role_changes_name_the_step_a_head_kept_its_role_from():
         return {"step": step, "att_row": row, "att_col": [[0.1, 0.1]], "att_self": [[0.9, 0.0]]}
 
     records = [record(10, 0.8), record(20, 0.3), record(30, 0.7), record(40, 0.9)]
-    changes = {(c["layer"], c["head"]): c for c in train.role_changes(records)}
+    changes = {(c["layer"], c["head"]): c for c in role_changes(records)}
     assert changes[0, 1]["role"] == "row" and changes[0, 1]["since_step"] == 30
     assert changes[0, 0]["role"] == "self" and changes[0, 0]["since_step"] == 10
     assert changes[0, 1]["final_row"] == 0.9
     # resumed with train.progress off: the later records hold no shares, and the roles are
     # those of the last record that does (this used to raise KeyError after the last step)
     later = [{"step": 50, "loss": 0.01}, {"step": 60, "loss": 0.01}]
-    changes = {(c["layer"], c["head"]): c for c in train.role_changes(records + later)}
+    changes = {(c["layer"], c["head"]): c for c in role_changes(records + later)}
     assert changes[0, 1]["final_row"] == 0.9 and changes[0, 1]["at_step"] == 40
 
 
@@ -439,8 +439,8 @@ def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
     """Catches the upper-right legend covering L and L_mask, eval_loss not drawn, and the progress
     panels missing from loss.png."""
     out_dir, summary = tiny_run
-    records = train.read_metrics(out_dir / "metrics.jsonl")
-    fig = utils.loss_figure(records, summary, "tiny", (4, 4), train.final_roles(records))
+    records = utils.read_metrics(out_dir / "metrics.jsonl")
+    fig = utils.loss_figure(records, summary, "tiny", (4, 4), final_roles(records))
     losses, heads, collapse = fig.axes[:3]
     labels = [line.get_label() for line in losses.get_lines()]
     assert any("eval" in label for label in labels) and any("L_mask" in label for label in labels)
@@ -473,7 +473,7 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         logs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
-        if proc.poll() is not None or logs and len(train.read_metrics(logs[0])) >= 3:
+        if proc.poll() is not None or logs and len(utils.read_metrics(logs[0])) >= 3:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -482,7 +482,7 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
     (out,) = (tmp_path / "runs").iterdir()
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: SIGINT at step ") and "--train.resume=true" in last
-    step = max(train.checkpoints(out))
+    step = max(utils.checkpoints(out))
     assert f"step_{step:06d}.pt" in last
     assert (out / "summary.json").is_file() and (out / "loss.png").is_file()
     printed = shlex.split(last.partition("continue with: ")[2])
@@ -510,7 +510,7 @@ def test_resume_after_a_kill_before_any_checkpoint_starts_clean(tmp_path):
     train.main(
         tiny_config(tmp_path, "train.save_steps=[]", "train.save_every=0", "train.resume=true")
     )
-    assert [r["step"] for r in train.read_metrics(log)] == [5, 10, 15, 20]
+    assert [r["step"] for r in utils.read_metrics(log)] == [5, 10, 15, 20]
 
 
 def test_help_shows_the_values_the_config_sets():

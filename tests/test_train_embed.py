@@ -75,7 +75,7 @@ def test_one_group_trains_through_train_fit_and_the_rest_stays_bit_identical(tin
         folder = out / group
         for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json", "step_000006.pt"):
             assert (folder / name).is_file(), name
-        assert [r["step"] for r in train.read_metrics(folder / "metrics.jsonl")] == [3, 6]
+        assert [r["step"] for r in utils.read_metrics(folder / "metrics.jsonl")] == [3, 6]
         after = torch.load(folder / "step_000006.pt", weights_only=True)["model"]
         chosen = set(group_parameter_names(model, group))
         for name, value in before.items():
@@ -104,7 +104,7 @@ def test_resume_continues_a_group_run(tiny_run, tmp_path):
     s = train_embed.main(te_config(out, run, "groups=[read_out]", "train.resume=true"))
     assert s["groups"]["read_out"]["final_step"] == 6
     assert s["groups"]["read_out"]["frozen_unchanged"] is True
-    steps = [r["step"] for r in train.read_metrics(out / "read_out" / "metrics.jsonl")]
+    steps = [r["step"] for r in utils.read_metrics(out / "read_out" / "metrics.jsonl")]
     assert steps == [3, 6]
 
 

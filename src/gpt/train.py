@@ -175,7 +175,7 @@ class GPTTrainer(bert_train.Trainer):
         return {"loss_obs": f"{record['loss_obs']:.3g}", "acc_obs": f"{record['acc_obs']:.3g}"}
 
     def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
-        attn = bert_train.read_metrics(out_dir / "attention.jsonl")
+        attn = utils.read_metrics(out_dir / "attention.jsonl")
         return summarize(records, attn, wall_time, self.cfg, str(self.device), self.precision)
 
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
@@ -201,7 +201,7 @@ class GPTTrainer(bert_train.Trainer):
             run.log(scores, step=step)
 
     def on_resume(self, step: int, out_dir: Path) -> None:
-        bert_train.trim_jsonl(out_dir / "attention.jsonl", step)
+        utils.trim_jsonl(out_dir / "attention.jsonl", step)
 
     @torch.no_grad()
     def measure_progress(self) -> dict:
@@ -350,21 +350,20 @@ def summarize(
 
 def print_summary(summary: dict, out_dir: Path) -> None:
     def fmt(*keys: str) -> str:
-        values = [summary[k] for k in keys]
-        return " / ".join("—" if v is None else f"{v:.4g}" for v in values)
+        return " / ".join(utils.fmt(summary[k], 4) for k in keys)
 
-    rows = [
-        ("loss_obs plateau", fmt("plateau_loss")),
-        ("copying drop starts / ends at step", fmt("drop_step", "drop_end_step")),
-        ("final loss (whole sequence)", fmt("final_loss")),
-        ("final loss_obs / loss_mask", fmt("final_loss_obs", "final_loss_mask")),
-        ("final acc / acc_obs / acc_mask", fmt("final_acc", "final_acc_obs", "final_acc_mask")),
-        ("final mse_mask", fmt("final_mse_mask")),
-        ("steps/s (last interval)", fmt("steps_per_s")),
-        ("wall time (s)", fmt("wall_time_s")),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    utils.print_rows(
+        [
+            ("loss_obs plateau", fmt("plateau_loss")),
+            ("copying drop starts / ends at step", fmt("drop_step", "drop_end_step")),
+            ("final loss (whole sequence)", fmt("final_loss")),
+            ("final loss_obs / loss_mask", fmt("final_loss_obs", "final_loss_mask")),
+            ("final acc / acc_obs / acc_mask", fmt("final_acc", "final_acc_obs", "final_acc_mask")),
+            ("final mse_mask", fmt("final_mse_mask")),
+            ("steps/s (last interval)", fmt("steps_per_s")),
+            ("wall time (s)", fmt("wall_time_s")),
+        ]
+    )
     for step, scores in summary["copy_score"].items():
         heads = ", ".join(
             f"L{i + 1}H{j + 1} {v:.2f}" for i, row in enumerate(scores) for j, v in enumerate(row)

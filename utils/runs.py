@@ -1,0 +1,166 @@
+"""Files that must survive a crash, and the run folders train.py writes: atomic writes,
+checkpoints (written atomically, read as plain data only), the step-stamped checkpoints of a run
+and its metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from utils.config import UserError
+
+CKPT_RE = re.compile(r"step_(\d+)\.pt$")
+
+
+def make_dir(path: Path, key: str) -> Path:
+    """Create folder `path` (and its parents); a one-line error naming the config `key` when a
+    file is in the way or the folder cannot be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"'{key}' {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"'{key}': cannot create {path} ({e.strerror})") from None
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (where the OS allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """`write(file)` into a temp file beside `path`, fsync, rename, fsync the folder: a crash
+    never leaves a half-written file under `path`, and a written one survives a power cut
+    (train.py removes the temp files a killed save leaves)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """`torch.save` through `atomic_write`: an interrupted save never leaves a torn file under
+    the checkpoint's name."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The one checkpoint reader: plain data only (`weights_only=True`), clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a torn or foreign file
+        text = str(e).strip()
+        if "weights only load failed" in text.lower() or "unpickl" in text.lower():
+            # torch's message goes on to suggest weights_only=False: never pass that on
+            why = "it holds objects other than tensors and plain containers, which are never loaded"
+        else:
+            why = text.splitlines()[0] if text else type(e).__name__
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({why})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"checkpoint {path} has no 'model' entry; not a tf-matcomp checkpoint")
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise UserError(f"checkpoint {path}: 'model' is not a state dict of tensors")
+    for key, value in model.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"checkpoint {path} has non-finite weights (first: {key})")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# A training run's folder
+
+
+def checkpoints(out_dir: Path) -> dict[int, Path]:
+    """{step: path} of the step-stamped checkpoints in `out_dir`."""
+    found = {}
+    for p in Path(out_dir).glob("step_*.pt"):
+        if m := CKPT_RE.search(p.name):
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a jsonl log. A torn last line (a run killed while writing it) is dropped;
+    a bad line anywhere else is an error."""
+    if not path.is_file():
+        return []
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text log (not UTF-8)") from None
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}: line {i + 1} is not a JSON record") from None
+    return records
+
+
+def trim_jsonl(path: Path, step: int) -> list[dict]:
+    """Keep the records of a jsonl log up to `step` (a resumed run drops what came after its
+    checkpoint) and return them."""
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
