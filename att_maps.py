@@ -52,15 +52,13 @@ from model import (
     ROLE_RULE,
     ROLES,
     SHARES,
-    analysis_data_config,
     attention_summary,
     chance_shares,
     check_heads,
-    checkpoint_path,
     heads_with_role,
-    load_from_section,
+    open_analysis,
 )
-from utils import AnalysisData, StepsCkptSection, UserError, WandbConfig, opt
+from utils import AnalysisConfig, StepsCkptSection, UserError, opt
 
 MASKS = ("none", "row", "col")
 
@@ -85,14 +83,10 @@ class AttMapsSection:
 
 
 @dataclass
-class Config:
-    seed: int = opt(0, "seed for the sampled matrices (the same for every checkpoint)")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class Config(AnalysisConfig):
     out_dir: str = opt("results/att_maps", "output folder; relative paths from the repo root")
     ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     att_maps: AttMapsSection = field(default_factory=AttMapsSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,33 +217,29 @@ def print_shares(step: int, shares: dict, roles: list[list[str]], losses: dict) 
 
 
 def main(cfg: Config) -> dict:
-    device = utils.choose_device(cfg.device)
     section = cfg.att_maps
-    sections = cfg.ckpt.sections()
-    for one in sections:  # every checkpoint exists before anything is loaded
-        checkpoint_path(one)
-    loaded = []  # every input loaded and checked before anything is written
-    for one in sections:
-        model, ckpt = load_from_section(one, device)
+    run = open_analysis(cfg)
+    checked = []  # every input checked before anything is written
+    for one in run.loaded:
         row_head, col_head = (
-            authors_head(pair, model, f"att_maps.{key}")
+            authors_head(pair, one.model, f"att_maps.{key}")
             for key, pair in (("row_head", section.row_head), ("col_head", section.col_head))
         )
-        data_cfg = analysis_data_config(ckpt, cfg.data, model)
-        observed = mask_pattern(section, data_cfg.m, data_cfg.n)
-        loaded.append((one, model, ckpt, data_cfg, observed, row_head, col_head))
+        observed = mask_pattern(section, one.data.m, one.data.n)
+        checked.append((one, observed, row_head, col_head))
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     summary: dict = {"mask": section.mask, "role_rule": ROLE_RULE, "checkpoints": []}
     table = []
-    for one, model, ckpt, data_cfg, observed, row_head, col_head in loaded:
+    for (one, observed, row_head, col_head), asked in zip(checked, cfg.ckpt.sections()):
+        data_cfg, model = one.data, one.model
         m, n = data_cfg.m, data_cfg.n
         utils.seed_everything(cfg.seed)
-        sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
+        sampler = MatrixSampler(data_cfg, run.device, seed=cfg.seed)
         batches = sampler.sample_many(
             cfg.data.num_samples, cfg.data.batch_size, m, n, observed=observed
         )
         result = attention_summary(model, batches, mean_pattern=True)
-        step = int(ckpt.get("step", one.step or 0))
+        step = int(one.ckpt.get("step", asked.step or 0))
         chance = chance_shares(m, n, result["observed_fraction"])
         shares, roles = result["shares"], result["roles"]
         claim = claim_numbers(shares, chance, row_head, col_head)

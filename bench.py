@@ -438,7 +438,7 @@ def main(cfg: BenchConfig) -> dict:
         _transformers()
     out_dir = prepare_out_dir(b.out_dir)
     utils.save_config(cfg, out_dir)
-    precision = train.resolve_precision(tcfg.train.precision, device)
+    precision = utils.resolve_precision(tcfg.train.precision, device)
     label = f"ours ({precision}, compile={tcfg.train.compile})"
     profile_steps = b.profile_steps if b.profile else 0
     runs = {label: time_ours(tcfg, b.warmup_steps, b.steps, profile_steps, b.logging)}

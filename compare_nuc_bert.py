@@ -16,18 +16,14 @@ training p_mask marked).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 import cvx_nuc_norm
 import utils
-from data import Batch, MatrixSampler
-from model import MatrixBert, analysis_data_config, load_from_section, predict
-from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
+from model import open_analysis, predict
+from utils import AnalysisConfig, UserError, opt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,42 +44,13 @@ class CompareSection:
 
 
 @dataclass
-class CompareConfig:
-    seed: int = opt(0, "seed of the sampled matrices")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class CompareConfig(AnalysisConfig):
     out_dir: str = opt("results/compare_nuc_bert", "output folder (relative: the repo root)")
-    ckpt: CkptSection = field(default_factory=CkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     compare: CompareSection = field(default_factory=CompareSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
         if self.data.p_mask is not None:
             raise UserError("'data.p_mask' must be null here: the p_mask grid is 'compare.p_masks'")
-
-
-def compare_batch(
-    model: MatrixBert, batch: Batch, batch_size: int, device: torch.device, solver: str
-) -> dict:
-    """BERT and the nuclear-norm minimiser on the same matrices: their L, L_obs, L_mask, the mean
-    nuclear norm of each completed matrix and of the truth, over the matrices the solver solved;
-    also how many it did not solve and its time."""
-    shape = (-1, batch.m, batch.n)
-    target, observed = batch.target.reshape(shape), batch.observed.reshape(shape)
-    bert = predict(model, batch.input_ids, batch_size, device).reshape(shape)
-    start = (time.perf_counter(), time.process_time())
-    nuc, solved = cvx_nuc_norm.complete(target, observed, 0.0, solver)
-    wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
-    row = {}
-    for who, pred in (("bert", bert), ("nuc", nuc)):
-        err = cvx_nuc_norm.errors(pred, target, observed, solved)
-        row.update({f"{who}_{k}": v for k, v in err.items()})
-    for who, x in (("bert", bert), ("nuc", nuc), ("true", target)):
-        norms = torch.linalg.matrix_norm(x[solved].double(), ord="nuc")
-        row[f"{who}_norm"] = norms.mean().item() if len(norms) else None
-    row["unsolved"] = int((~solved).sum())
-    row["solver_wall_s"], row["solver_cpu_s"] = wall, cpu
-    return row
 
 
 def figure_title(summary: dict) -> str:
@@ -101,10 +68,7 @@ def plot(summary: dict) -> Figure:
     """Two panels against p_mask: MSE over all and hidden entries (log scale) and the mean nuclear
     norm (linear: it spans a few percent); the checkpoint's training p_mask marked on both
     (where summary.json has it: runs before it was saved lack `train_p_mask`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     rows = summary["rows"]
     p = [r["p_mask"] for r in rows]
@@ -138,7 +102,7 @@ def plot(summary: dict) -> Figure:
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """compare_nuc_bert.png/.pdf from summary.json's numbers alone (scripts/redraw.py uses it too).
     Returns the files written and, per figure drawn without some of its numbers, what is missing."""
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     missing = []
     if summary.get("train_p_mask") is None:
@@ -150,19 +114,20 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
 
 
 def main(cfg: CompareConfig) -> dict:
-    utils.seed_everything(cfg.seed)
-    device = utils.choose_device(cfg.device)
-    model, ckpt = load_from_section(cfg.ckpt, device)
-    data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    run = open_analysis(cfg, sampler_device="cpu")
+    model, ckpt, data_cfg, device = run.model, run.ckpt, run.data, run.device
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
-    sampler = MatrixSampler(data_cfg, "cpu", seed=cfg.seed)
     rows = []
     for p_mask in cfg.compare.p_masks:
-        batch = sampler.sample(cfg.data.num_samples, p_mask=p_mask)
+        batch = run.sampler.sample(cfg.data.num_samples, p_mask=p_mask)
         rows.append(
             {
                 "p_mask": p_mask,
-                **compare_batch(model, batch, cfg.data.batch_size, device, cfg.compare.solver),
+                **cvx_nuc_norm.compare_with(
+                    predict(model, batch.input_ids, cfg.data.batch_size, device),
+                    batch,
+                    cfg.compare.solver,
+                ),
             }
         )
     step = ckpt.get("step")

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 import utils
-from data import Batch, DataConfig, MatrixSampler, value_at_hidden
-from model import analysis_data_config, check_fits, checkpoint_path, load_from_section, predict
-from utils import LOSSES, AnalysisData, StepsCkptSection, WandbConfig, opt
+from data import Batch, DataConfig, value_at_hidden
+from model import open_analysis, predict
+from utils import LOSSES, AnalysisConfig, StepsCkptSection, opt
 
 
 @dataclass
@@ -36,14 +36,10 @@ class CopySection:
 
 
 @dataclass
-class CopyCheckConfig:
-    seed: int = opt(0, "seed of the sampled matrices")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class CopyCheckConfig(AnalysisConfig):
     out_dir: str = opt("results/copy_check", "output folder (relative: the repo root)")
     ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     copy: CopySection = field(default_factory=CopySection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -91,25 +87,16 @@ def check_model(model, conds: list[Condition], batch_size: int, device) -> list[
 
 
 def main(cfg: CopyCheckConfig) -> dict:
-    utils.seed_everything(cfg.seed)
-    device = utils.choose_device(cfg.device)
-    sections = cfg.ckpt.sections()
-    for section in sections:  # a missing checkpoint stops the script before any work
-        checkpoint_path(section)
-    models = [load_from_section(section, device) for section in sections]  # all load first
-    model, ckpt = models[0]
-    data_cfg = analysis_data_config(ckpt, cfg.data, model)  # every checkpoint sees this data
-    for later, _ in models[1:]:
-        check_fits(later.config, data_cfg.vocab_size, data_cfg.max_tokens)
+    run = open_analysis(cfg, sampler_device="cpu")  # every checkpoint sees the first one's data
+    data_cfg = run.data
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
-    sampler = MatrixSampler(data_cfg, "cpu", seed=cfg.seed)
-    batch = sampler.sample(cfg.data.num_samples)
-    random_batch = sampler.sample_full_rank(cfg.data.num_samples)
+    batch = run.sampler.sample(cfg.data.num_samples)
+    random_batch = run.sampler.sample_full_rank(cfg.data.num_samples)
     conds = conditions(batch, random_batch, cfg.copy.replace_values, data_cfg)
     rows = []
-    for model, ckpt in models:
-        for row in check_model(model, conds, cfg.data.batch_size, device):
-            rows.append({"step": ckpt.get("step"), **row})
+    for one in run.loaded:
+        for row in check_model(one.model, conds, cfg.data.batch_size, run.device):
+            rows.append({"step": one.step, **row})
     columns = ["step", "input", *LOSSES, "mse_to_value"]
     table = utils.Table(rows, columns)
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}

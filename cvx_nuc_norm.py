@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import utils
-from data import DataConfig, MatrixSampler
+from data import Batch, DataConfig, MatrixSampler
 from utils import UserError
 
 SOLVERS = ("ipm", "CLARABEL", "SCS")
@@ -301,6 +301,28 @@ def errors(
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The docstring as written, and each flag's default after its help."""
+
+
+def compare_with(pred: torch.Tensor, batch: Batch, solver: str) -> dict:
+    """A model's completions `pred` [B, T] and the nuclear-norm minimiser's of the same matrices:
+    their L, L_obs, L_mask, the mean nuclear norm of each completed matrix and of the truth,
+    over the matrices the solver solved; also how many it did not solve and its time."""
+    shape = (-1, batch.m, batch.n)
+    target, observed = batch.target.reshape(shape), batch.observed.reshape(shape)
+    bert = pred.reshape(shape)
+    start = (time.perf_counter(), time.process_time())
+    nuc, solved = complete(target, observed, 0.0, solver)
+    wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
+    row = {}
+    for who, x in (("bert", bert), ("nuc", nuc)):
+        err = errors(x, target, observed, solved)
+        row.update({f"{who}_{k}": v for k, v in err.items()})
+    for who, x in (("bert", bert), ("nuc", nuc), ("true", target)):
+        norms = torch.linalg.matrix_norm(x[solved].double(), ord="nuc")
+        row[f"{who}_norm"] = norms.mean().item() if len(norms) else None
+    row["unsolved"] = int((~solved).sum())
+    row["solver_wall_s"], row["solver_cpu_s"] = wall, cpu
+    return row
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ scripts/redraw.py can redraw them), table.md and its figures (PNG, and PDF for t
   pos_tsne        t-SNE of those positional embeddings, coloured by column (Fig. 7) and by row.
                   Checks: silhouette scores of the embeddings grouped by column and by row, in
                   the embedding space itself (raw) and after t-SNE; `groups_by` names the axis
-                  the raw ones favour (grouping_axis: row, column or neither).
+                  the raw ones favour (utils.better_axis: row, column or neither).
   token_progress  token_pca at each of `ckpt.steps`, projected on the final checkpoint's PCs.
   pos_progress    pos_tsne at each of `ckpt.steps` (both colourings).
   permute         the loss before and after randomly permuting the positional embeddings the
@@ -31,7 +31,6 @@ with data.tokenize from the checkpoint's data config; m, n default to the checkp
 from __future__ import annotations
 
 import contextlib
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +42,8 @@ import torch
 import data
 import utils
 from data import DataConfig, MatrixSampler
-from model import MatrixBert, analysis_data_config, evaluate, load_from_section
-from utils import LOSSES, AnalysisData, CkptSection, UserError, WandbConfig, opt
+from model import MatrixBert, evaluate, load_from_section, open_analysis
+from utils import LOSSES, AnalysisConfig, CkptSection, UserError, opt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,27 +86,20 @@ class EmbedSection:
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(AnalysisConfig):
     exp_type: str = opt("token_norm", "the experiment to run", EXP_TYPES)
     seed: int = opt(0, "seed for data, permutations and t-SNE")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
     out_dir: str = opt("results/embed", "outputs go to out_dir/<exp_type>/")
     ckpt: EmbedCkpt = field(default_factory=EmbedCkpt)
-    data: AnalysisData = field(default_factory=AnalysisData)
     embed: EmbedSection = field(default_factory=EmbedSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
-        check_exp_type(self.exp_type)
-
-
-def check_exp_type(name: str) -> None:
-    if name not in EXP_TYPES:
-        raise UserError(f"unknown exp_type '{name}' (valid: {', '.join(EXP_TYPES)})")
+        if self.exp_type not in EXP_TYPES:
+            raise UserError(f"unknown exp_type '{self.exp_type}' (valid: {', '.join(EXP_TYPES)})")
 
 
 # ----------------------------------------------------------------------------------------------
-# Embeddings
+# Embeddings and their measures
 
 
 def value_tokens(cfg: DataConfig, value_min: float, value_max: float) -> tuple[np.ndarray, list]:
@@ -225,20 +217,11 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
 AXIS_MARGIN = 0.05  # how much better one grouping's raw silhouette must be to name it
 
 
-def grouping_axis(row: float | None, column: float | None) -> str:
-    """Which grouping the positional embeddings follow, from the raw-space silhouettes: `row` or
-    `column` when its silhouette is positive and above the other's by AXIS_MARGIN, else
-    `neither`. The task is symmetric under transposition, so a model may pick either."""
-    if row is None or column is None:
-        return "neither"
-    best, other = ("row", "column") if row >= column else ("column", "row")
-    top, low = max(row, column), min(row, column)
-    return best if top > 0 and top - low > AXIS_MARGIN else "neither"
-
-
 def cluster_scores(pos: np.ndarray, coords: np.ndarray, m: int, n: int) -> dict:
     """Silhouettes of the positions grouped by column and by row, raw (in the embedding space
-    itself) and in t-SNE space, and the axis the raw ones name (`grouping_axis`)."""
+    itself) and in t-SNE space, and `groups_by`, the axis the raw ones name: row or column when
+    its silhouette is positive and above the other's by AXIS_MARGIN, else neither
+    (utils.better_axis; the task is symmetric under transposition, so a model may pick either)."""
     rows, cols = grid_labels(m, n)
     raw_row, raw_col = silhouette(pos, rows), silhouette(pos, cols)
     return {
@@ -246,12 +229,8 @@ def cluster_scores(pos: np.ndarray, coords: np.ndarray, m: int, n: int) -> dict:
         "silhouette_row": raw_row,
         "silhouette_column_tsne": silhouette(coords, cols),
         "silhouette_row_tsne": silhouette(coords, rows),
-        "groups_by": grouping_axis(raw_row, raw_col),
+        "groups_by": utils.better_axis(raw_row, raw_col, AXIS_MARGIN, floor=0.0),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Permuting the positional embeddings
 
 
 @contextlib.contextmanager
@@ -271,325 +250,10 @@ def permuted_positions(model: MatrixBert, perm: torch.Tensor) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots. Every figure is drawn from the experiment's summary alone (`figure` holds its points),
-# so that scripts/redraw.py can redraw it; layers, rows and columns 1-based, positions 0-based.
-
-MAX_COLUMNS = 4  # panels per row, so a figure of many checkpoints stays legible at page width
-MARKERS = "osD^vP*Xh<>p"  # one shape per row / column group, on top of its colour
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def rounded(x: np.ndarray) -> list:
-    """An array as nested lists of floats with 6 significant digits (summary.json's `figure`)."""
-    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(x)).tolist()
-
-
-def _panel_grid(plt, k: int, share: bool = False, size: tuple = (3.4, 3.1)):
-    """k panels in rows of at most MAX_COLUMNS; returns (figure, the k axes)."""
-    cols = min(k, MAX_COLUMNS)
-    rows = -(-k // cols)
-    size = (4.6, 3.8) if k == 1 else size
-    fig, axs = plt.subplots(
-        rows,
-        cols,
-        figsize=(size[0] * cols + 1.8, size[1] * rows + 1.0),
-        squeeze=False,
-        sharex=share,
-        sharey=share,
-        layout="constrained",
-    )
-    for ax in axs.flat[k:]:
-        ax.set_visible(False)
-    for ax in axs.flat[:k]:
-        ax.tick_params(labelbottom=True, labelleft=True)  # shared axes hide them by default
-    return fig, list(axs.flat[:k])
-
-
-def _suptitle(fig, text: str) -> None:
-    """The figure's title, wrapped to the figure's width (a one-panel figure is narrow)."""
-    fig.suptitle(textwrap.fill(text, width=int(fig.get_figwidth() * 9)))
-
-
-def plot_curve(x, y, xlabel: str, ylabel: str, title: str, xticks=None) -> Figure:
-    """One line plot."""
-    plt = _pyplot()
-    with plt.rc_context(utils.plot_style()):
-        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-        ax.plot(x, y, lw=1.4)
-        if xticks is not None:
-            ax.set_xticks(xticks)
-        ax.set(xlabel=xlabel, ylabel=ylabel)
-        ax.set_title(title, fontsize=10)
-    return fig
-
-
-def plot_scatter_panels(
-    panels: list[tuple[str, np.ndarray]],
-    groups: np.ndarray,
-    labels: list[str],
-    *,
-    title: str,
-    axes_labels: tuple[str, str],
-    legend_title: str,
-    ordered: bool,
-    share: bool = False,
-) -> Figure:
-    """One scatter per panel (title, coords [N, 2]), at most MAX_COLUMNS a row, coloured by
-    `groups`, one legend. Ordered groups (value bins) get a sequential colour map; unordered ones
-    (rows, columns) a qualitative palette and a marker shape each."""
-    plt = _pyplot()
-    k = len(labels)
-    if ordered:
-        colors = plt.get_cmap("viridis")(np.linspace(0, 1, k))
-    else:
-        colors = plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k) % 20)
-    with plt.rc_context(utils.plot_style()):
-        fig, axes = _panel_grid(plt, len(panels), share)
-        for ax, (panel_title, coords) in zip(axes, panels):
-            coords = np.asarray(coords)
-            for g, label in enumerate(labels):
-                sel = groups == g
-                marker = "o" if ordered else MARKERS[g % len(MARKERS)]
-                ax.scatter(*coords[sel].T, s=18, color=colors[g], marker=marker, label=label)
-            ax.set(title=panel_title, xlabel=axes_labels[0], ylabel=axes_labels[1])
-            ax.locator_params(nbins=5)
-        handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, title=legend_title, loc="outside right center", frameon=False)
-        _suptitle(fig, title)
-    return fig
-
-
-def plot_highlight(
-    coords: np.ndarray, groups: np.ndarray, labels: list[str], *, title: str, axes_labels: tuple
-) -> Figure:
-    """Small multiples: one panel per group, its points in colour over all the others in grey,
-    at most MAX_COLUMNS a row, on shared axes (groups that overlap stay apart)."""
-    plt = _pyplot()
-    coords = np.asarray(coords)
-    with plt.rc_context(utils.plot_style()):
-        fig, axes = _panel_grid(plt, len(labels), share=True, size=(3.0, 2.8))
-        for g, (ax, label) in enumerate(zip(axes, labels)):
-            sel = groups == g
-            ax.scatter(*coords[~sel].T, s=12, color="0.8")
-            ax.scatter(*coords[sel].T, s=28, color="C3", edgecolor="k", linewidth=0.5)
-            ax.set(title=label, xlabel=axes_labels[0], ylabel=axes_labels[1])
-            ax.locator_params(nbins=4)
-        _suptitle(fig, title)
-    return fig
-
-
-def _plain_log_ticks(ax) -> None:
-    """Plain tick labels on a log y axis (0.05, not 5×10⁻²), with the minor ticks at 2, 3 and 5
-    labelled too when the axis spans under 1.5 decades (too few for the major ticks alone)."""
-    from matplotlib.ticker import FuncFormatter
-
-    def minor(y: float, _) -> str:
-        lo, hi = ax.get_ylim()
-        mantissa = round(y / 10 ** np.floor(np.log10(y)))
-        return f"{y:g}" if np.log10(hi / lo) < 1.5 and mantissa in (2, 3, 5) else ""
-
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
-
-
-def plot_permute(summary: dict) -> Figure:
-    """The loss with the original positional embeddings, with each random permutation of them, and
-    the permutations' mean, per set of entries, log scale; the factor mean / original written."""
-    plt = _pyplot()
-    after = summary["permutations"]
-    keys = [("loss", "all"), ("loss_obs", "observed"), ("loss_mask", "hidden")]
-    keys = [(k, label) for k, label in keys if summary[f"{k}_before"] is not None]
-    spread = np.linspace(-0.08, 0.08, len(after)) if len(after) > 1 else np.zeros(1)
-    with plt.rc_context(utils.plot_style()):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-        for i, (k, _) in enumerate(keys):
-            before, each = summary[f"{k}_before"], [a[k] for a in after]
-            mean = float(np.mean(each))
-            first = i == 0
-            ax.scatter(
-                i - 0.15,
-                before,
-                s=60,
-                color="C0",
-                zorder=3,
-                label="original positional embeddings" if first else None,
-            )
-            ax.scatter(
-                i + 0.15 + spread,
-                each,
-                s=18,
-                color="C1",
-                zorder=3,
-                label=f"one random permutation ({len(after)} in all)" if first else None,
-            )
-            ax.scatter(
-                i + 0.15,
-                mean,
-                s=600,
-                marker="_",
-                color="k",
-                zorder=4,
-                label="mean over the permutations" if first else None,
-            )
-            ax.annotate(
-                f"×{mean / before:.3g}",
-                (i, max(before, mean)),
-                xytext=(0, 12),
-                textcoords="offset points",
-                ha="center",
-                fontsize=9,
-            )
-        ax.set_xticks(range(len(keys)), [label for _, label in keys])
-        ax.set_xlabel("entries the MSE is taken over")
-        ax.set_xlim(-0.6, len(keys) - 0.4)
-        ax.set(ylabel="MSE (log scale)", yscale="log")
-        _plain_log_ticks(ax)
-        ax.margins(y=0.25)
-        ax.set_title(
-            f"Loss before and after permuting the positional embeddings\n(step {summary['step']}, "
-            f"{summary['num_samples']} matrices; ×: mean after / before)",
-            fontsize=10,
-        )
-        fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
-    return fig
-
-
-def _bins(summary: dict) -> tuple[np.ndarray, list[str]]:
-    f = summary["figure"]
-    return value_bins(np.asarray(f["values"]), f["value_min"], f["value_max"], f["num_bins"])
-
-
-def _token_norm_figures(s: dict) -> dict:
-    f = s["figure"]
-    title = f"ℓ2 norm of each value token's embedding (step {s['step']})"
-    return {"token_norm": plot_curve(f["values"], f["norms"], "value", "ℓ2 norm", title)}
-
-
-def _pos_norm_figures(s: dict) -> dict:
-    norms, n = s["figure"]["norms"], s["n"]
-    title = f"ℓ2 norm of each positional embedding of the {s['m']}×{n} matrix (step {s['step']})"
-    xlabel = "position i·n + j (row-major, 0-based; ticks at row starts)"
-    x = np.arange(len(norms))
-    return {"pos_norm": plot_curve(x, norms, xlabel, "ℓ2 norm", title, xticks=x[::n])}
-
-
-def _token_pca_figures(s: dict) -> dict:
-    f = s["figure"]
-    groups, labels = _bins(s)
-    axes_labels = tuple(
-        f"PC{k} ({s[f'explained_variance_pc{k}']:.0%} of the variance)" for k in (1, 2)
-    )
-    title = f"Value tokens' embeddings on their top-2 principal components (step {s['step']})"
-    fig = plot_scatter_panels(
-        [("", f["pcs"])],
-        groups,
-        labels,
-        title=title,
-        axes_labels=axes_labels,
-        legend_title="value",
-        ordered=True,
-    )
-    return {"token_pca": fig}
-
-
-def _token_progress_figures(s: dict) -> dict:
-    f = s["figure"]
-    groups, labels = _bins(s)
-    panels = [(f"step {r['step']}", pcs) for r, pcs in zip(s["steps"], f["pcs_by_step"])]
-    final = s["final_step"]
-    title = (
-        f"Value tokens' embeddings during training, on the top-2 principal components of "
-        f"step {final} (the same axes in every panel)"
-    )
-    fig = plot_scatter_panels(
-        panels,
-        groups,
-        labels,
-        title=title,
-        axes_labels=(f"PC1 of step {final}", f"PC2 of step {final}"),
-        legend_title="value",
-        ordered=True,
-        share=True,
-    )
-    return {"token_progress": fig}
-
-
-def _pos_tsne_figures(s: dict) -> dict:
-    m, n = s["m"], s["n"]
-    rows, cols = grid_labels(m, n)
-    figures = {}
-    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
-        title = (
-            f"t-SNE of the positional embeddings of the {m}×{n} matrix (step {s['step']}): "
-            f"in each panel one {kind}'s {count} positions in red, the rest grey"
-        )
-        labels = [f"{kind} {i + 1} (1-based)" for i in range(count)]
-        figures[f"pos_tsne_{kind}"] = plot_highlight(
-            s["figure"]["coords"], groups, labels, title=title, axes_labels=("t-SNE 1", "t-SNE 2")
-        )
-    return figures
-
-
-def _pos_progress_figures(s: dict) -> dict:
-    m, n = s["m"], s["n"]
-    rows, cols = grid_labels(m, n)
-    panels = [(f"step {r['step']}", c) for r, c in zip(s["steps"], s["figure"]["coords_by_step"])]
-    figures = {}
-    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
-        title = (
-            f"t-SNE of the positional embeddings of the {m}×{n} matrix during training, "
-            f"coloured by {kind} (each panel is its own t-SNE)"
-        )
-        figures[f"pos_progress_{kind}"] = plot_scatter_panels(
-            panels,
-            groups,
-            [f"{kind} {i + 1}" for i in range(count)],
-            title=title,
-            axes_labels=("t-SNE 1", "t-SNE 2"),
-            legend_title=f"{kind} (1-based)",
-            ordered=False,
-        )
-    return figures
-
-
-# exp_type: (the figures' file stems, the function drawing them from the summary)
-FIGURES: dict[str, tuple[tuple[str, ...], Callable[[dict], dict]]] = {
-    "token_norm": (("token_norm",), _token_norm_figures),
-    "token_pca": (("token_pca",), _token_pca_figures),
-    "pos_norm": (("pos_norm",), _pos_norm_figures),
-    "pos_tsne": (("pos_tsne_column", "pos_tsne_row"), _pos_tsne_figures),
-    "token_progress": (("token_progress",), _token_progress_figures),
-    "pos_progress": (("pos_progress_column", "pos_progress_row"), _pos_progress_figures),
-    "permute": (("permute",), lambda s: {"permute": plot_permute(s)}),
-}
-
-
-def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
-    """An experiment's figures (PNG; PDF too except for permute) from its summary.json alone
-    (scripts/redraw.py uses it too). Returns the files written and the figures not drawn."""
-    stems, make = FIGURES[summary["exp_type"]]
-    if summary["exp_type"] != "permute" and "figure" not in summary:
-        why = "its points were not saved (summary.json has no 'figure' entry)"
-        return [], [f"{stem}.png: {why}" for stem in stems]
-    plt = _pyplot()
-    paths = []
-    for stem, fig in make(summary).items():
-        paths += utils.save_figure(fig, out_dir, stem, pdf=stem != "permute")
-        plt.close(fig)
-    return paths, []
-
-
-# ----------------------------------------------------------------------------------------------
-# The experiments. Each takes the run's context and returns (summary, table rows); the summary's
-# `figure` holds the points its figures show, which main draws with draw_figures.
+# The experiments. Each takes the run's context and returns (summary, table rows), the summary's
+# `figure` holding the points its figures show; beside each, the function that draws those
+# figures from the summary alone (so that scripts/redraw.py can redraw them). Layers, rows and
+# columns are 1-based on the figures, positions 0-based.
 
 
 @dataclass
@@ -612,6 +276,11 @@ class Context:
         return self.data_cfg.n
 
 
+def rounded(x: np.ndarray) -> list:
+    """An array as nested lists of floats with 6 significant digits (summary.json's `figure`)."""
+    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(x)).tolist()
+
+
 def _as_rows(summary: dict) -> list[dict]:
     return [
         {"quantity": k, "value": v} for k, v in summary.items() if not isinstance(v, (list, dict))
@@ -627,6 +296,11 @@ def _values_figure(ctx: Context) -> dict:
         "value_max": e.value_max,
         "num_bins": e.num_bins,
     }
+
+
+def _bins(summary: dict) -> tuple[np.ndarray, list[str]]:
+    f = summary["figure"]
+    return value_bins(np.asarray(f["values"]), f["value_min"], f["value_max"], f["num_bins"])
 
 
 def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
@@ -646,6 +320,12 @@ def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
     return summary, _as_rows(summary)
 
 
+def _token_norm_figures(s: dict) -> dict:
+    f = s["figure"]
+    title = f"ℓ2 norm of each value token's embedding (step {s['step']})"
+    return {"token_norm": utils.plot_curve(f["values"], f["norms"], "value", "ℓ2 norm", title)}
+
+
 def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
     emb = token_embeddings(ctx.model, ctx.ids)
     pca = fit_pca(emb)
@@ -658,6 +338,25 @@ def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
     }
     summary["figure"] = {**_values_figure(ctx), "pcs": rounded(pcs)}
     return summary, _as_rows(summary)
+
+
+def _token_pca_figures(s: dict) -> dict:
+    f = s["figure"]
+    groups, labels = _bins(s)
+    axes_labels = tuple(
+        f"PC{k} ({s[f'explained_variance_pc{k}']:.0%} of the variance)" for k in (1, 2)
+    )
+    title = f"Value tokens' embeddings on their top-2 principal components (step {s['step']})"
+    fig = utils.plot_scatter_panels(
+        [("", f["pcs"])],
+        groups,
+        labels,
+        title=title,
+        axes_labels=axes_labels,
+        legend_title="value",
+        ordered=True,
+    )
+    return {"token_pca": fig}
 
 
 def run_pos_norm(ctx: Context) -> tuple[dict, list[dict]]:
@@ -679,6 +378,14 @@ def run_pos_norm(ctx: Context) -> tuple[dict, list[dict]]:
     return summary, _as_rows(summary)
 
 
+def _pos_norm_figures(s: dict) -> dict:
+    norms, n = s["figure"]["norms"], s["n"]
+    title = f"ℓ2 norm of each positional embedding of the {s['m']}×{n} matrix (step {s['step']})"
+    xlabel = "position i·n + j (row-major, 0-based; ticks at row starts)"
+    x = np.arange(len(norms))
+    return {"pos_norm": utils.plot_curve(x, norms, xlabel, "ℓ2 norm", title, xticks=x[::n])}
+
+
 def _pos_tsne(model: MatrixBert, ctx: Context) -> tuple[np.ndarray, dict]:
     pos = position_embeddings(model, ctx.m, ctx.n)
     coords, used = tsne_2d(pos, ctx.cfg.embed.tsne_perplexity, ctx.cfg.seed)
@@ -690,6 +397,22 @@ def run_pos_tsne(ctx: Context) -> tuple[dict, list[dict]]:
     summary = {"step": ctx.step, "m": ctx.m, "n": ctx.n, **scores}
     summary["figure"] = {"coords": rounded(coords)}
     return summary, _as_rows(summary)
+
+
+def _pos_tsne_figures(s: dict) -> dict:
+    m, n = s["m"], s["n"]
+    rows, cols = grid_labels(m, n)
+    figures = {}
+    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
+        title = (
+            f"t-SNE of the positional embeddings of the {m}×{n} matrix (step {s['step']}): "
+            f"in each panel one {kind}'s {count} positions in red, the rest grey"
+        )
+        labels = [f"{kind} {i + 1} (1-based)" for i in range(count)]
+        figures[f"pos_tsne_{kind}"] = utils.plot_highlight(
+            s["figure"]["coords"], groups, labels, title=title, axes_labels=("t-SNE 1", "t-SNE 2")
+        )
+    return figures
 
 
 def progress_steps(cfg: EmbedConfig) -> list[int]:
@@ -728,6 +451,28 @@ def run_token_progress(ctx: Context) -> tuple[dict, list[dict]]:
     return {"final_step": ctx.step, "steps": rows, "figure": figure}, rows
 
 
+def _token_progress_figures(s: dict) -> dict:
+    f = s["figure"]
+    groups, labels = _bins(s)
+    panels = [(f"step {r['step']}", pcs) for r, pcs in zip(s["steps"], f["pcs_by_step"])]
+    final = s["final_step"]
+    title = (
+        f"Value tokens' embeddings during training, on the top-2 principal components of "
+        f"step {final} (the same axes in every panel)"
+    )
+    fig = utils.plot_scatter_panels(
+        panels,
+        groups,
+        labels,
+        title=title,
+        axes_labels=(f"PC1 of step {final}", f"PC2 of step {final}"),
+        legend_title="value",
+        ordered=True,
+        share=True,
+    )
+    return {"token_progress": fig}
+
+
 def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
     panels, rows = [], []
     for step, model in _each_checkpoint(ctx):
@@ -735,6 +480,28 @@ def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
         rows.append({"step": step, **scores})
         panels.append(rounded(coords))
     return {"m": ctx.m, "n": ctx.n, "steps": rows, "figure": {"coords_by_step": panels}}, rows
+
+
+def _pos_progress_figures(s: dict) -> dict:
+    m, n = s["m"], s["n"]
+    rows, cols = grid_labels(m, n)
+    panels = [(f"step {r['step']}", c) for r, c in zip(s["steps"], s["figure"]["coords_by_step"])]
+    figures = {}
+    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
+        title = (
+            f"t-SNE of the positional embeddings of the {m}×{n} matrix during training, "
+            f"coloured by {kind} (each panel is its own t-SNE)"
+        )
+        figures[f"pos_progress_{kind}"] = utils.plot_scatter_panels(
+            panels,
+            groups,
+            [f"{kind} {i + 1}" for i in range(count)],
+            title=title,
+            axes_labels=("t-SNE 1", "t-SNE 2"),
+            legend_title=f"{kind} (1-based)",
+            ordered=False,
+        )
+    return figures
 
 
 def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
@@ -769,30 +536,97 @@ def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
     return summary, _as_rows(summary)
 
 
-EXPERIMENTS: dict[str, Callable[[Context], tuple[dict, list[dict]]]] = {
-    "token_norm": run_token_norm,
-    "token_pca": run_token_pca,
-    "pos_norm": run_pos_norm,
-    "pos_tsne": run_pos_tsne,
-    "token_progress": run_token_progress,
-    "pos_progress": run_pos_progress,
-    "permute": run_permute,
+def plot_permute(summary: dict) -> Figure:
+    """The loss with the original positional embeddings, with each random permutation of them, and
+    the permutations' mean, per set of entries, log scale; the factor mean / original written."""
+    plt = utils.pyplot()
+    after = summary["permutations"]
+    keys = [("loss", "all"), ("loss_obs", "observed"), ("loss_mask", "hidden")]
+    keys = [(k, label) for k, label in keys if summary[f"{k}_before"] is not None]
+    spread = np.linspace(-0.08, 0.08, len(after)) if len(after) > 1 else np.zeros(1)
+    with plt.rc_context(utils.plot_style()):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+        for i, (k, _) in enumerate(keys):
+            before, each = summary[f"{k}_before"], [a[k] for a in after]
+            mean = float(np.mean(each))
+            labels = (
+                "original positional embeddings",
+                f"one random permutation ({len(after)} in all)",
+                "mean over the permutations",
+            )
+            for (x, y, style), label in zip(
+                (
+                    (i - 0.15, before, {"s": 60, "color": "C0", "zorder": 3}),
+                    (i + 0.15 + spread, each, {"s": 18, "color": "C1", "zorder": 3}),
+                    (i + 0.15, mean, {"s": 600, "marker": "_", "color": "k", "zorder": 4}),
+                ),
+                labels,
+            ):
+                ax.scatter(x, y, label=label if i == 0 else None, **style)
+            ratio = f"×{mean / before:.3g}"
+            xy = (i, max(before, mean))
+            kw = {"xytext": (0, 12), "textcoords": "offset points", "ha": "center", "fontsize": 9}
+            ax.annotate(ratio, xy, **kw)
+        ax.set_xticks(range(len(keys)), [label for _, label in keys])
+        ax.set_xlabel("entries the MSE is taken over")
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+        ax.set(ylabel="MSE (log scale)", yscale="log")
+        utils.plain_log_ticks(ax)
+        ax.margins(y=0.25)
+        ax.set_title(
+            f"Loss before and after permuting the positional embeddings\n(step {summary['step']}, "
+            f"{summary['num_samples']} matrices; ×: mean after / before)",
+            fontsize=10,
+        )
+        fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    return fig
+
+
+@dataclass
+class Experiment:
+    run: Callable[[Context], tuple[dict, list[dict]]]
+    figures: Callable[[dict], dict]  # summary -> {file stem: figure}
+    stems: tuple[str, ...]  # the stems `figures` draws
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "token_norm": Experiment(run_token_norm, _token_norm_figures, ("token_norm",)),
+    "token_pca": Experiment(run_token_pca, _token_pca_figures, ("token_pca",)),
+    "pos_norm": Experiment(run_pos_norm, _pos_norm_figures, ("pos_norm",)),
+    "pos_tsne": Experiment(run_pos_tsne, _pos_tsne_figures, ("pos_tsne_column", "pos_tsne_row")),
+    "token_progress": Experiment(run_token_progress, _token_progress_figures, ("token_progress",)),
+    "pos_progress": Experiment(
+        run_pos_progress, _pos_progress_figures, ("pos_progress_column", "pos_progress_row")
+    ),
+    "permute": Experiment(run_permute, lambda s: {"permute": plot_permute(s)}, ("permute",)),
 }
 
 
+def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """An experiment's figures (PNG; PDF too except for permute) from its summary.json alone
+    (scripts/redraw.py uses it too). Returns the files written and the figures not drawn."""
+    experiment = EXPERIMENTS[summary["exp_type"]]
+    if summary["exp_type"] != "permute" and "figure" not in summary:
+        why = "its points were not saved (summary.json has no 'figure' entry)"
+        return [], [f"{stem}.png: {why}" for stem in experiment.stems]
+    plt = utils.pyplot()
+    paths = []
+    for stem, fig in experiment.figures(summary).items():
+        paths += utils.save_figure(fig, out_dir, stem, pdf=stem != "permute")
+        plt.close(fig)
+    return paths, []
+
+
 def main(cfg: EmbedConfig) -> dict:
-    check_exp_type(cfg.exp_type)
-    utils.seed_everything(cfg.seed)
-    device = utils.choose_device(cfg.device)
-    model, ckpt = load_from_section(cfg.ckpt, device)
-    data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    run = open_analysis(cfg)
+    model, ckpt, data_cfg, device = run.model, run.ckpt, run.data, run.device
     values, ids = value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
     if cfg.exp_type.endswith("progress"):  # every checkpoint loads before anything is written
         for step in progress_steps(cfg):
             load_from_section(cfg.ckpt, device, step=step)
     out_dir = utils.prepare_output(Path(cfg.out_dir) / cfg.exp_type, cfg)
     ctx = Context(cfg, model, ckpt.get("step"), data_cfg, values, ids, out_dir, device)
-    summary, rows = EXPERIMENTS[cfg.exp_type](ctx)
+    summary, rows = EXPERIMENTS[cfg.exp_type].run(ctx)
     summary = {"exp_type": cfg.exp_type, **summary}
     draw_figures(summary, out_dir)
     table = utils.Table(rows)

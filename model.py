@@ -14,22 +14,28 @@ representation collapse (`representation_collapse`).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import Batch, DataConfig
+from data import Batch, DataConfig, MatrixSampler
 from modeling_bert import BertConfig, BertModel, HookedModule, HookFn, act_name
 from utils import (
+    AnalysisConfig,
     AnalysisData,
     CkptSection,
+    PrePostCkptSection,
+    StepsCkptSection,
     UserError,
+    choose_device,
     finite_or_none,
     masked_mse,
     read_checkpoint,
     resolve_path,
+    seed_everything,
     to_floats,
 )
 
@@ -489,3 +495,82 @@ def analysis_data_config(ckpt: dict, section: AnalysisData, model: MatrixBert) -
     cfg = DataConfig(**base)
     check_fits(model.config, cfg.vocab_size, cfg.max_tokens)
     return cfg
+
+
+@dataclass
+class Loaded:
+    """One checkpoint an analysis runs on: the model (eval mode), the checkpoint dict, and the
+    data the analysis draws for it (the checkpoint's own with the `data` section's overrides)."""
+
+    model: MatrixBert
+    ckpt: dict
+    data: DataConfig
+
+    @property
+    def step(self) -> int | None:
+        return self.ckpt.get("step")
+
+
+@dataclass
+class Analysis:
+    """What `open_analysis` hands a script: the device, every checkpoint loaded and checked, the
+    data config every checkpoint takes, and a seeded sampler of it."""
+
+    cfg: AnalysisConfig
+    device: torch.device
+    loaded: list[Loaded]
+    data: DataConfig
+    sampler: MatrixSampler
+
+    @property
+    def model(self) -> MatrixBert:
+        return self.loaded[0].model
+
+    @property
+    def ckpt(self) -> dict:
+        return self.loaded[0].ckpt
+
+    def batches(self, num_samples: int | None = None, **kwargs) -> list[Batch]:
+        """`num_samples` (default `data.num_samples`) fresh m×n matrices in `data.batch_size`
+        batches; keyword arguments go to MatrixSampler.sample (observed, p_mask ...)."""
+        section = self.cfg.data
+        count = section.num_samples if num_samples is None else num_samples
+        d = self.data
+        return self.sampler.sample_many(count, section.batch_size, d.m, d.n, **kwargs)
+
+
+def ckpt_sections(section: CkptSection | StepsCkptSection | PrePostCkptSection) -> list:
+    """The checkpoints a `ckpt` section names, in order (pre before post)."""
+    if isinstance(section, CkptSection):
+        return [section]
+    found = section.sections()
+    return list(found.values()) if isinstance(found, dict) else found
+
+
+def open_analysis(
+    cfg: AnalysisConfig,
+    sampler_device: str | torch.device | None = None,
+    data_from: int = 0,
+    one_size: bool = False,
+) -> Analysis:
+    """The opening every analysis shares, before it writes anything: seed, device, every
+    checkpoint found, then loaded, the data config (of checkpoint `data_from`, with the `data`
+    overrides; `one_size` drops a mixture of sizes) checked against every model, and a sampler
+    seeded with `cfg.seed` on `sampler_device` (default: the device)."""
+    seed_everything(cfg.seed)
+    device = choose_device(cfg.device)
+    sections = ckpt_sections(cfg.ckpt)
+    for section in sections:  # a missing checkpoint stops the script before any loading
+        checkpoint_path(section)
+    loaded = []
+    for section in sections:
+        model, ckpt = load_from_section(section, device)
+        data = analysis_data_config(ckpt, cfg.data, model)
+        if one_size:
+            data.sizes = []
+        loaded.append(Loaded(model, ckpt, data))
+    data = loaded[data_from].data
+    for one in loaded:
+        check_fits(one.model.config, data.vocab_size, data.max_tokens)
+    sampler = MatrixSampler(data, device if sampler_device is None else sampler_device, cfg.seed)
+    return Analysis(cfg, device, loaded, data, sampler)

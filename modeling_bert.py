@@ -246,15 +246,14 @@ class BertSelfAttention(nn.Module):
         k = self.hook_k(self._split(self.key(x))).transpose(1, 2)
         v = self.hook_v(self._split(self.value(x))).transpose(1, 2)
         pattern = None
-        # The explicit path when the pattern is wanted, and for bf16 on a CPU: there SDPA's flash
-        # kernel (its backward) made a step of configs/train_tiny.yaml 2× slower (5.8 vs 12.8
-        # steps/s, 2 cores, torch 2.13).
+        # The explicit path when the pattern is wanted, and for bf16 on a CPU, where SDPA's flash
+        # kernel is the slower one (docs/results/tiny_cpu_search: speed of one step).
         explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16
         if explicit or output_attentions or self.hook_attn_scores.fns or self.hook_pattern.fns:
             scores = self.hook_attn_scores(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim))
             # Softmax in fp32, rounded back to the scores' dtype: the same forward as a bf16
-            # softmax (up to 1 ulp), a more exact backward, and on a CPU 2.7× faster than the
-            # bf16 kernel (fwd+bwd of a [128, 4, 25, 25] pattern: 0.96 vs 2.58 ms, 2 cores).
+            # softmax (up to 1 ulp), a more exact backward, and on a CPU faster than the bf16
+            # kernel (measured in docs/results/tiny_cpu_search).
             pattern = scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
             pattern = self.hook_pattern(pattern)
             z = self.dropout(pattern) @ v
@@ -272,6 +271,11 @@ class BertSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def forward(self, z: torch.Tensor, residual: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        """LayerNorm(dropout(dense(z)) + residual), as HF's; `hook` (the parent's
+        hook_attn_out) sees the projection before dropout and the residual."""
+        return self.LayerNorm(self.dropout(hook(self.dense(z))) + residual)
+
 
 class BertAttention(nn.Module):
     def __init__(self, config: BertConfig):
@@ -282,8 +286,7 @@ class BertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False):
         z, pattern = self.self(x, output_attentions)
-        attn_out = self.hook_attn_out(self.output.dense(z))
-        return self.output.LayerNorm(self.output.dropout(attn_out) + x), pattern
+        return self.output(z, x, self.hook_attn_out), pattern
 
 
 class BertIntermediate(nn.Module):
@@ -303,6 +306,11 @@ class BertOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def forward(self, h: torch.Tensor, residual: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        """LayerNorm(dropout(dense(h)) + residual), as HF's; `hook` (the layer's hook_mlp_out)
+        sees the projection before dropout and the residual."""
+        return self.LayerNorm(self.dropout(hook(self.dense(h))) + residual)
+
 
 class BertLayer(nn.Module):
     def __init__(self, config: BertConfig):
@@ -319,8 +327,7 @@ class BertLayer(nn.Module):
         x = self.hook_resid_pre(x)
         mid, pattern = self.attention(x, output_attentions)
         mid = self.hook_resid_mid(mid)
-        mlp_out = self.hook_mlp_out(self.output.dense(self.intermediate(mid)))
-        out = self.output.LayerNorm(self.output.dropout(mlp_out) + mid)
+        out = self.output(self.intermediate(mid), mid, self.hook_mlp_out)
         return self.hook_resid_post(out), pattern
 
 
@@ -328,6 +335,15 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False):
+        """(last hidden state, the input and every layer's output, every layer's pattern)."""
+        hidden, attentions = [x], []
+        for layer in self.layer:
+            x, pattern = layer(x, output_attentions)
+            hidden.append(x)
+            attentions.append(pattern)
+        return x, hidden, attentions
 
 
 @dataclass
@@ -374,11 +390,7 @@ class BertModel(HookedModule):
                 " position embeddings"
             )
         x = self.hook_embed(self.embeddings(input_ids))
-        hidden, attentions = [x], []
-        for layer in self.encoder.layer:
-            x, pattern = layer(x, output_attentions)
-            hidden.append(x)
-            attentions.append(pattern)
+        x, hidden, attentions = self.encoder(x, output_attentions)
         return EncoderOutput(
             last_hidden_state=x,
             hidden_states=tuple(hidden) if output_hidden_states else None,

@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 import utils
-from compare_nuc_bert import compare_batch
-from cvx_nuc_norm import SOLVERS
+from cvx_nuc_norm import SOLVERS, compare_with
 from data import DISTRIBUTIONS, Batch, DataConfig, MatrixSampler, make_batch, round_values
-from model import analysis_data_config, load_from_section, trained_data_config
-from utils import AnalysisData, CkptSection, DataRangeError, UserError, WandbConfig, opt
+from model import analysis_data_config, open_analysis, predict, trained_data_config
+from utils import AnalysisConfig, AnalysisData, DataRangeError, UserError, opt
 
 MAX_DRAWS = 100  # draw at most this many times the matrices needed before giving up
 
@@ -79,14 +78,10 @@ class OodSection:
 
 
 @dataclass
-class OodConfig:
+class OodConfig(AnalysisConfig):
     seed: int = opt(0, "seed of the sampled matrices (the same at every point)")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
     out_dir: str = opt("results/ood", "output folder (relative: the repo root)")
-    ckpt: CkptSection = field(default_factory=CkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     ood: OodSection = field(default_factory=OodSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 def sweep_points(ood: OodSection, base: AnalysisData) -> dict[str, list[tuple]]:
@@ -133,7 +128,8 @@ def run_sweep(model, ckpt, cfg: OodConfig, points: list[tuple], device) -> tuple
             skipped.append({"value": label, "reason": str(e)})
             continue
         batch, redrawn = draw_in_vocabulary(data_cfg, cfg.data.num_samples, cfg.seed)
-        row = compare_batch(model, batch, cfg.data.batch_size, device, cfg.ood.solver)
+        pred = predict(model, batch.input_ids, cfg.data.batch_size, device)
+        row = compare_with(pred, batch, cfg.ood.solver)
         rows.append({"value": label, **row, "redrawn": redrawn})
     return rows, skipped
 
@@ -148,10 +144,7 @@ def trained_value(kind: str, trained: DataConfig) -> str | int:
 
 def plot(kind: str, rows: list[dict], trained, out_dir: Path, title: str) -> list[Path]:
     """Three panels (all / observed / hidden entries): MSE of both methods along the sweep."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     labels = [r["value"] for r in rows]
     categorical = kind == "distribution"
@@ -178,10 +171,8 @@ def plot(kind: str, rows: list[dict], trained, out_dir: Path, title: str) -> lis
 
 
 def main(cfg: OodConfig) -> dict:
-    utils.seed_everything(cfg.seed)
-    device = utils.choose_device(cfg.device)
-    model, ckpt = load_from_section(cfg.ckpt, device)
-    base = analysis_data_config(ckpt, cfg.data, model)
+    run = open_analysis(cfg)
+    model, ckpt, base, device = run.model, run.ckpt, run.data, run.device
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     trained = trained_data_config(ckpt)
     step = ckpt.get("step")

@@ -44,17 +44,16 @@ import numpy as np
 import torch
 
 import utils
-from data import Batch, MatrixSampler, corrupt
+from data import Batch, corrupt
 from model import (
     ROLE_RULE,
     MatrixBert,
-    analysis_data_config,
-    load_from_section,
+    open_analysis,
     resolve_heads,
     resolve_indices,
 )
 from modeling_bert import act_name, patch_hooks, patch_z_hooks
-from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
+from utils import AnalysisConfig, UserError, opt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -85,14 +84,9 @@ class PatchSection:
 
 
 @dataclass
-class Config:
-    seed: int = opt(0, "seed for the sampled matrices")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class Config(AnalysisConfig):
     out_dir: str = opt("results/patch", "output folder; relative paths from the repo root")
-    ckpt: CkptSection = field(default_factory=CkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     patch: PatchSection = field(default_factory=PatchSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,10 +226,7 @@ def plot_sweep(
     the small shares after the drop stay visible; a grid of None (no gap to restore, as before
     the drop) is drawn empty with NOT_APPLICABLE written on it. `row_len` (n, for positions)
     draws a line between the matrix's rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     layers, cols = values.shape
@@ -290,7 +281,7 @@ def plot_sweep(
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """patch_heads.png and patch_positions.png (the sweeps that ran) from summary.json's numbers
     alone (scripts/redraw.py uses it too). Returns the files written and what was not drawn."""
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     step, entries = summary["step"], summary.get("sweep_entries", "hidden")
     figures = {}
@@ -320,14 +311,10 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
 
 
 def main(cfg: Config) -> dict:
-    device = utils.choose_device(cfg.device)
-    model, ckpt = load_from_section(cfg.ckpt, device)
-    data_cfg = analysis_data_config(ckpt, cfg.data, model)
-    data_cfg.sizes = []  # one size: the sweeps index the positions of an m×n matrix
+    run = open_analysis(cfg, one_size=True)  # the sweeps index the positions of an m×n matrix
+    model, ckpt, data_cfg = run.model, run.ckpt, run.data
     m, n = data_cfg.m, data_cfg.n
-    utils.seed_everything(cfg.seed)
-    sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    batches = sampler.sample_many(cfg.data.num_samples, cfg.data.batch_size, m, n)
+    batches = run.batches()
     chosen = chosen_patch(cfg.patch, model, m * n, batches)
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     pairs = [(clean, corrupt(clean, data_cfg)) for clean in batches]

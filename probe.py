@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from data import Batch, MatrixSampler
-from model import MatrixBert, analysis_data_config, load_from_section
+from data import Batch
+from model import MatrixBert, open_analysis
 from modeling_bert import act_name
-from utils import AnalysisData, CkptSection, UserError, WandbConfig, opt
+from utils import AnalysisConfig, UserError, opt
 
 TARGETS = ("element", "row", "column", "singular_vector")
 LINES = {"row": "row", "column": "column"}  # targets whose own entry the mates R² leaves out
@@ -73,14 +73,9 @@ class ProbeSection:
 
 
 @dataclass
-class Config:
-    seed: int = opt(0, "seed for the sampled matrices")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class Config(AnalysisConfig):
     out_dir: str = opt("results/probe", "output folder; relative paths from the repo root")
-    ckpt: CkptSection = field(default_factory=CkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     probe: ProbeSection = field(default_factory=ProbeSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,21 +327,15 @@ def line_verdict(results: dict) -> dict:
             out[kind] = {"first_layer": first, "last_layer": last, "rise": last - first}
     if len(out) == 2:
         row, col = out["row"]["last_layer"], out["column"]["last_layer"]
-        best, top, low = ("row", row, col) if row >= col else ("column", col, row)
-        out["better_axis"] = best if top > AXIS_MARGIN and top - low > AXIS_MARGIN else "neither"
+        out["better_axis"] = utils.better_axis(row, col, AXIS_MARGIN, floor=AXIS_MARGIN)
     return out
 
 
 def main(cfg: Config) -> dict:
-    device = utils.choose_device(cfg.device)
-    model, ckpt = load_from_section(cfg.ckpt, device)
-    data_cfg = analysis_data_config(ckpt, cfg.data, model)
+    run = open_analysis(cfg)
+    model, ckpt = run.model, run.ckpt
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
-    utils.seed_everything(cfg.seed)
-    sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    bs, m, n = cfg.data.batch_size, data_cfg.m, data_cfg.n
-    train = sampler.sample_many(cfg.data.num_samples, bs, m, n)
-    test = sampler.sample_many(cfg.probe.num_test, bs, m, n)
+    train, test = run.batches(), run.batches(cfg.probe.num_test)
     p = cfg.probe
     results = run_probes(train, test, model, p.targets, p.bias, p.ridge)
     results = {

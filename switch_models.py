@@ -36,9 +36,8 @@ import re
 from dataclasses import dataclass, field
 
 import utils
-from data import MatrixSampler
-from model import MatrixBert, analysis_data_config, evaluate, load_from_section
-from utils import LOSSES, AnalysisData, PrePostCkptSection, UserError, WandbConfig, opt
+from model import MatrixBert, evaluate, open_analysis
+from utils import LOSSES, AnalysisConfig, PrePostCkptSection, UserError, opt
 
 GROUPS = {
     "att": r"attention\.self\.(query|key|value)\.",
@@ -70,14 +69,10 @@ class SwitchSection:
 
 
 @dataclass
-class Config:
-    seed: int = opt(0, "seed for the sampled matrices")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class Config(AnalysisConfig):
     out_dir: str = opt("results/switch_models", "output folder; relative paths from the repo root")
     ckpt: PrePostCkptSection = field(default_factory=PrePostCkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     switch: SwitchSection = field(default_factory=SwitchSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,29 +97,18 @@ def build(model: MatrixBert, state: dict) -> MatrixBert:
     return out.eval()
 
 
-def load_pair(section: PrePostCkptSection, device) -> dict[str, tuple[MatrixBert, dict]]:
-    """{"pre": (model, ckpt), "post": (model, ckpt)}, checked to have the same shapes."""
-    out = {name: load_from_section(one, device) for name, one in section.sections().items()}
-    if out["pre"][0].config != out["post"][0].config:
-        raise UserError("the pre- and post-drop checkpoints have different model configs")
-    return out
-
-
 def main(cfg: Config) -> dict:
-    device = utils.choose_device(cfg.device)
-    models = load_pair(cfg.ckpt, device)
+    run = open_analysis(cfg, data_from=1)  # the post-drop checkpoint's data
+    models = {k: (one.model, one.ckpt) for k, one in zip(("pre", "post"), run.loaded)}
+    if models["pre"][0].config != models["post"][0].config:
+        raise UserError("the pre- and post-drop checkpoints have different model configs")
     steps = {k: ckpt.get("step") for k, (_, ckpt) in models.items()}
-    data_cfg = analysis_data_config(models["post"][1], cfg.data, models["post"][0])
     names = list(models["post"][0].state_dict())
     for group in cfg.switch.groups:
         if not group_keys(names, [group]):
             raise UserError(f"group '{group}' matches no parameter of this model")
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
-    utils.seed_everything(cfg.seed)
-    sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    batches = sampler.sample_many(
-        cfg.data.num_samples, cfg.data.batch_size, m=data_cfg.m, n=data_cfg.n
-    )
+    batches = run.batches()
     rows = []
     for k in ("pre", "post"):
         row = {"model": f"{k} (step {steps[k]})", "base": k, "group": None, "from": None}

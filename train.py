@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shlex
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 from tqdm import tqdm
@@ -136,34 +133,14 @@ class TrainConfig:
 # The training step
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a
-    CPU whose oneDNN has bf16 kernels (AMX or AVX-512 BF16). Elsewhere bf16 is emulated."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a torch built without oneDNN
-            return False
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` becomes bf16 where the device has native bf16 matmuls, else fp32; the rest stay.
-
-    Why: on a CPU without bf16 kernels, autocast's bf16 matmuls are emulated: a step of
-    configs/train_tiny.yaml took 7.1 s in bf16 against 0.76 s in fp32 on a 2-core AVX2 machine
-    (docs/results/cpu_demo/precision), while on a CPU with AMX bf16 was the faster of the two.
-    """
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
-
-
 class Trainer:
     """Model, optimizer, samplers and one `step()`: the loop shared by train.py, train_embed.py
     and bench.py. `params` limits what Adam updates (default: every parameter)."""
+
+    # What the progress bar shows after a logging step: {label: metrics.jsonl key}.
+    bar_keys = {"loss": "loss", "L_mask": "loss_mask"}
+    # Steps at which `at_extra_step` runs (besides logging and checkpoints).
+    extra_steps: frozenset[int] = frozenset()
 
     def __init__(self, cfg: TrainConfig, model: MatrixBert | None = None, params=None):
         t = cfg.train
@@ -180,7 +157,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=t.lr, fused=fused or None)
         self.sampler = MatrixSampler(cfg.data, self.device, seed=t.seed)
         self.eval_sampler = MatrixSampler(cfg.data, self.device, seed=t.seed + 1_000_003)
-        self.precision = resolve_precision(t.precision, self.device)
+        self.precision = utils.resolve_precision(t.precision, self.device)
         # TF32 matmuls only when asked: fp32 means full fp32 (PyTorch's default is the same).
         torch.set_float32_matmul_precision("high" if self.precision == "tf32" else "highest")
         self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
@@ -272,10 +249,6 @@ class Trainer:
         record.update(role_counts(record))
         return record, example
 
-    def progress(self, record: dict) -> dict:
-        """What the progress bar shows after a logging step."""
-        return {"loss": f"{record['loss']:.4g}", "L_mask": f"{record['loss_mask']:.4g}"}
-
     def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
         return summarize(records, wall_time, self.cfg, str(self.device), self.precision)
 
@@ -301,10 +274,6 @@ class Trainer:
         utils.plot_losses(
             records, out_dir, summary, self.cfg.wandb.name, shape, final_roles(records)
         )
-
-    def extra_steps(self) -> set[int]:
-        """Steps at which `at_extra_step` runs (besides logging and checkpoints)."""
-        return set()
 
     def at_extra_step(self, step: int, out_dir: Path, run) -> None:
         """Work a subclass does at its extra steps (e.g. drawing attention maps)."""
@@ -346,52 +315,6 @@ class Trainer:
 # Outputs
 
 
-def prepare_out_dir(cfg: TrainConfig) -> tuple[Path, dict | None]:
-    """Create or check the output folder; returns it and the checkpoint to resume from (if any).
-
-    Without `resume`, a folder holding another run (a checkpoint, a summary or logged steps) is
-    an error: nothing is overwritten. A start that failed before its first log left nothing to
-    protect. With `resume` and no checkpoint the run starts again at step 0.
-    """
-    out_dir = utils.resolve_path(cfg.train.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"'train.out_dir' {out_dir} is a file, not a folder")
-    found = utils.checkpoints(out_dir) if out_dir.is_dir() else {}
-    logged = utils.read_metrics(out_dir / "metrics.jsonl")
-    if not cfg.train.resume:
-        if found or (out_dir / "summary.json").exists():
-            what = list(found.values())[-1].name if found else "summary.json"
-            raise UserError(
-                f"{out_dir} already holds a run ({what}); pass --train.resume=true to "
-                "continue it or choose another --train.out_dir"
-            )
-        if logged:
-            raise UserError(
-                f"{out_dir} holds a run that logged {len(logged)} steps but saved no checkpoint; "
-                "pass --train.resume=true to start it again from step 0 (its log is replaced) "
-                "or choose another --train.out_dir"
-            )
-    utils.make_dir(out_dir, "train.out_dir")
-    for stale in out_dir.glob(".step_*.pt.tmp*"):  # a save killed half-way
-        stale.unlink()
-    if not (cfg.train.resume and found):
-        if cfg.train.resume:
-            print(f"no checkpoint in {out_dir} to resume from; starting at step 0")
-        return out_dir, None
-    path = found[max(found)]
-    ckpt = utils.read_checkpoint(path)
-    mine = utils.config_to_dict(cfg)
-    for section in ("data", "model"):
-        theirs = ckpt.get("config", {}).get(section, {})
-        for key, value in mine[section].items():
-            if theirs.get(key) != value:
-                raise UserError(
-                    f"cannot resume from {path}: {section}.{key} was {theirs.get(key)!r}, "
-                    f"now {value!r}"
-                )
-    return out_dir, ckpt
-
-
 def summarize(
     records: list[dict], wall_time: float, cfg: TrainConfig, device: str, precision: str
 ) -> dict:
@@ -428,62 +351,6 @@ def summarize(
 # The loop
 
 
-class Interrupted(UserError):
-    """Ctrl-C or SIGTERM stopped the run after a checkpoint; the message says how to resume."""
-
-    exit_code = 130
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[dict]:
-    """While inside, SIGINT (Ctrl-C) and SIGTERM set `flag["signal"]` instead of killing the
-    process, so the loop can finish its step and save; a second one stops at once."""
-    flag: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be set from the main thread
-        return
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, frame):
-        if flag["signal"] is not None:  # asked twice: stop now
-            signal.signal(signum, old[signum])
-            signal.raise_signal(signum)
-            return
-        flag["signal"] = signal.Signals(signum).name
-        # os.write, not print: a handler may interrupt a write to the same stream
-        os.write(
-            2, f"\n{flag['signal']}: finishing this step and saving (again to stop now)\n".encode()
-        )
-
-    for sig in old:
-        signal.signal(sig, handler)
-    try:
-        yield flag
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def _clear_on_error(bar: tqdm) -> Iterator[None]:
-    """Wipe the progress bar when the loop fails, so the error is the one line left."""
-    try:
-        yield
-    except BaseException:
-        bar.leave = False
-        _close(bar)
-        raise
-
-
-def _close(bar: tqdm) -> None:
-    """Close the bar; in a log file (not a terminal) end its last line, so that what is
-    printed next starts a line of its own."""
-    shown = bar.n > bar.initial or bar.last_print_n > bar.initial
-    bar.close()
-    if shown and not sys.stderr.isatty():
-        sys.stderr.write("\n")
-
-
 def resume_command(out_dir: Path) -> str:
     """The command line that started this process, with --train.resume=true and the run's
     folder as resolved (a `{overrides}` folder name would otherwise change with the new flag)."""
@@ -491,6 +358,52 @@ def resume_command(out_dir: Path) -> str:
     args = [a for a in sys.argv[1:] if not a.startswith(drop)]
     extra = [f"--train.out_dir={out_dir}", "--train.resume=true"]
     return shlex.join(["python3", sys.argv[0], *args, *extra])
+
+
+class Clock:
+    """A run's training time, continued across resumes, and its speed between logging steps."""
+
+    def __init__(self, elapsed: float, step: int):
+        self.elapsed0, self.start = elapsed, time.perf_counter()
+        self.last = (self.start, step)
+
+    def elapsed(self, now: float | None = None) -> float:
+        return self.elapsed0 + (time.perf_counter() if now is None else now) - self.start
+
+    def lap(self, step: int, now: float) -> float:
+        """Steps per second since the last lap (the last logging step)."""
+        rate = (step - self.last[1]) / max(now - self.last[0], 1e-9)
+        self.last = (time.perf_counter(), step)
+        return rate
+
+
+@dataclass
+class RunLog:
+    """Where a logging step's record goes: metrics.jsonl, the records so far, the progress bar
+    and the W&B run (None when off)."""
+
+    file: IO[str]
+    records: list[dict]
+    bar: tqdm
+    wandb_run: Any
+
+
+def log_step(trainer: Trainer, step: int, metrics: dict, clock: Clock, out: RunLog) -> dict:
+    """A logging step: the record (the training batch's metrics, eval loss, hidden progress,
+    time, speed) appended to metrics.jsonl and the records, shown on the bar and sent to W&B."""
+    now = time.perf_counter()
+    record, example = trainer.log_record(step, metrics)
+    record["time"] = clock.elapsed(now)
+    record["steps_per_s"] = clock.lap(step, now)
+    out.file.write(json.dumps(record) + "\n")
+    out.file.flush()
+    out.records.append(record)
+    out.bar.set_postfix({k: f"{record[key]:.4g}" for k, key in trainer.bar_keys.items()})
+    if trainer.cfg.train.print_example:
+        tqdm.write(f"step {step}\n" + utils.format_matrix(*example))
+    if out.wandb_run is not None:
+        out.wandb_run.log(utils.wandb_record(record), step=step)
+    return record
 
 
 def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
@@ -512,14 +425,13 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     run = utils.init_wandb(
         cfg.wandb, utils.config_to_dict(cfg), out_dir, job_type="train", group=out_dir.name
     )
-    save_at, extra_at = set(t.save_steps) | {t.steps}, trainer.extra_steps()
-    elapsed0 = records[-1]["time"] if records else 0.0
-    start = time.perf_counter()
-    last_log = (start, trainer.step_count)
+    save_at = set(t.save_steps) | {t.steps}
+    clock = Clock(records[-1]["time"] if records else 0.0, trainer.step_count)
     bar = tqdm(
         total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, mininterval=1.0, delay=2.0
     )
-    with open(metrics_path, "a") as log, stop_requests() as stop, _clear_on_error(bar):
+    with open(metrics_path, "a") as log, utils.stop_requests() as stop, utils.clear_on_error(bar):
+        out = RunLog(log, records, bar, run)
         while trainer.step_count < t.steps:
             metrics = trainer.step()
             step = trainer.step_count
@@ -527,7 +439,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
             stopping = stop["signal"] is not None
             saving = step in save_at or (t.save_every and step % t.save_every == 0) or stopping
             logging = t.logs_at(step)
-            extra = step in extra_at
+            extra = step in trainer.extra_steps
             if not (saving or logging or extra):
                 continue
             if bool(trainer.nonfinite):
@@ -537,19 +449,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
                     f"{'step ' + str(kept) if kept is not None else 'none'}); try a lower train.lr"
                 )
             if logging:  # before saving, so the checkpoint holds the eval sampler's next state
-                now = time.perf_counter()
-                record, example = trainer.log_record(step, metrics)
-                record["time"] = elapsed0 + now - start
-                record["steps_per_s"] = (step - last_log[1]) / max(now - last_log[0], 1e-9)
-                last_log = (time.perf_counter(), step)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                records.append(record)
-                bar.set_postfix(trainer.progress(record))
-                if t.print_example:
-                    tqdm.write(f"step {step}\n" + utils.format_matrix(*example))
-                if run is not None:
-                    run.log(utils.wandb_record(record), step=step)
+                log_step(trainer, step, metrics, clock, out)
             if extra:
                 trainer.at_extra_step(step, out_dir, run)
             if saving:
@@ -560,8 +460,8 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
             if stopping:
                 break
     bar.leave = stop["signal"] is None  # interrupted: the message below says where it stopped
-    _close(bar)
-    summary = trainer.summarize(records, elapsed0 + time.perf_counter() - start, out_dir)
+    utils.close_bar(bar)
+    summary = trainer.summarize(records, clock.elapsed(), out_dir)
     utils.write_json(out_dir / "summary.json", summary)
     if records:
         trainer.plot(records, out_dir, summary)
@@ -570,7 +470,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
         utils.log_wandb_files(run, out_dir, ["loss.png"])
         run.finish()
     if stop["signal"] is not None:
-        raise Interrupted(
+        raise utils.Interrupted(
             f"{stop['signal']} at step {trainer.step_count}: saved step_{trainer.step_count:06d}"
             f".pt, summary.json and loss.png in {out_dir}; continue with: {resume_command(out_dir)}"
         )
@@ -599,7 +499,7 @@ BATCH_TOO_BIG = "lower train.batch_size (or train.num_eval)"
 
 def main(cfg: TrainConfig) -> dict:
     utils.choose_device(cfg.train.device)  # a bad device stops the run before any file is touched
-    out_dir, resume_from = prepare_out_dir(cfg)
+    out_dir, resume_from = utils.prepare_run_dir(cfg)
     with utils.allocation_errors(MODEL_TOO_BIG):
         trainer = Trainer(cfg)
     n_params = sum(p.numel() for p in trainer.model.parameters())

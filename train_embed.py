@@ -156,7 +156,7 @@ def train_group(cfg: TrainEmbedConfig, group: str) -> dict:
     device = utils.choose_device(cfg.device)
     model, ckpt = load_from_section(cfg.ckpt, device)
     tcfg = group_train_config(cfg, group, model, ckpt)
-    out_dir, resume_from = train.prepare_out_dir(tcfg)
+    out_dir, resume_from = utils.prepare_run_dir(tcfg)
     utils.seed_everything(cfg.seed)
     reinitialize(model, group)
     names = group_parameter_names(model, group)
@@ -195,10 +195,7 @@ def read_group_run(cfg: TrainEmbedConfig, group: str) -> tuple[list[dict], dict]
 def plot_comparison(curves: dict[str, tuple[list[dict], int | None]], out_dir: Path) -> None:
     """compare.png/.pdf: each run's loss (label -> (records, drop step)), log scale; a dot marks
     where a drop starts (utils.detect_drop). The full training run is dashed black."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     with plt.rc_context(utils.plot_style()):
         fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -236,7 +233,7 @@ def main(cfg: TrainEmbedConfig) -> dict:
     if not cfg.plot_only:  # a missing checkpoint or a clashing run folder: stop before training
         model, ckpt = load_from_section(cfg.ckpt)
         for group in cfg.groups:
-            train.prepare_out_dir(group_train_config(cfg, group, model, ckpt))
+            utils.prepare_run_dir(group_train_config(cfg, group, model, ckpt))
         del model, ckpt
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     full = full_run_records(cfg)

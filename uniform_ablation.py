@@ -38,10 +38,9 @@ import numpy as np
 import torch
 
 import utils
-from data import MatrixSampler
-from model import ROLE_RULE, analysis_data_config, evaluate, load_from_section, resolve_heads
+from model import ROLE_RULE, evaluate, open_analysis, resolve_heads
 from modeling_bert import ABLATIONS, ablate_head_hooks
-from utils import LOSSES, AnalysisData, CkptSection, UserError, WandbConfig, opt
+from utils import LOSSES, AnalysisConfig, UserError, opt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,16 +65,11 @@ class AblationSection:
 
 
 @dataclass
-class Config:
-    seed: int = opt(0, "seed for the sampled matrices")
-    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+class Config(AnalysisConfig):
     out_dir: str = opt(
         "results/uniform_ablation", "output folder; relative paths from the repo root"
     )
-    ckpt: CkptSection = field(default_factory=CkptSection)
-    data: AnalysisData = field(default_factory=AnalysisData)
     ablation: AblationSection = field(default_factory=AblationSection)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 def percent_change(values: list[list[float | None]], base: float | None) -> np.ndarray:
@@ -95,10 +89,7 @@ def plot_sweep(summary: dict) -> Figure:
     """One heatmap per loss (hidden, observed entries): the change in MSE, in % of the MSE with no
     ablation, when each single head is ablated; diverging colours, 0 white, ±the largest change.
     Layers and heads 1-based on the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     grid, baseline = summary["sweep"], summary["no_ablation"]
     panels = (("loss_mask", "hidden entries"), ("loss_obs", "observed entries"))
@@ -136,7 +127,7 @@ def plot_sweep(summary: dict) -> Figure:
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """ablation_sweep.png from summary.json's numbers alone (scripts/redraw.py uses it too).
     Returns the files written and what could not be drawn."""
-    import matplotlib.pyplot as plt
+    plt = utils.pyplot()
 
     if "sweep" not in summary:
         return [], ["ablation_sweep.png: no sweep in summary.json (ablation.sweep was false)"]
@@ -160,14 +151,9 @@ def control_sets(
 
 
 def main(cfg: Config) -> dict:
-    device = utils.choose_device(cfg.device)
-    model, ckpt = load_from_section(cfg.ckpt, device)
-    data_cfg = analysis_data_config(ckpt, cfg.data, model)
-    utils.seed_everything(cfg.seed)
-    sampler = MatrixSampler(data_cfg, device, seed=cfg.seed)
-    batches = sampler.sample_many(
-        cfg.data.num_samples, cfg.data.batch_size, m=data_cfg.m, n=data_cfg.n
-    )
+    run = open_analysis(cfg)
+    model, ckpt = run.model, run.ckpt
+    batches = run.batches()
     heads, chosen_by = resolve_heads(cfg.ablation.heads, model, batches, "ablation.heads")
     out_dir = utils.prepare_output(cfg.out_dir, cfg)
     method = cfg.ablation.method

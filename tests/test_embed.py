@@ -115,11 +115,11 @@ def test_silhouette_tells_columns_from_rows():
 
 def test_grouping_axis_needs_a_clear_margin():
     """Catches naming an axis from noise: two near-equal or negative silhouettes name neither."""
-    assert embed.grouping_axis(0.21, 0.13) == "row"
-    assert embed.grouping_axis(0.13, 0.21) == "column"
-    assert embed.grouping_axis(0.15, 0.13) == "neither"
-    assert embed.grouping_axis(-0.1, -0.3) == "neither"
-    assert embed.grouping_axis(None, 0.5) == "neither"
+    assert utils.better_axis(0.21, 0.13, embed.AXIS_MARGIN, floor=0.0) == "row"
+    assert utils.better_axis(0.13, 0.21, embed.AXIS_MARGIN, floor=0.0) == "column"
+    assert utils.better_axis(0.15, 0.13, embed.AXIS_MARGIN, floor=0.0) == "neither"
+    assert utils.better_axis(-0.1, -0.3, embed.AXIS_MARGIN, floor=0.0) == "neither"
+    assert utils.better_axis(None, 0.5, embed.AXIS_MARGIN, floor=0.0) == "neither"
 
 
 def test_permutation_is_undone_and_identity_changes_nothing(tiny_run):
@@ -183,8 +183,8 @@ def test_progress_figures_wrap_into_rows_of_at_most_4_panels(tmp_path, exp_type)
         figure = {"coords_by_step": [rng.normal(size=(49, 2)).tolist() for _ in steps]}
         summary = {"exp_type": exp_type, "m": 7, "n": 7, "figure": figure}
     summary["steps"] = [{"step": s} for s in steps]
-    figures = embed.FIGURES[exp_type][1](summary)
-    assert set(figures) == set(embed.FIGURES[exp_type][0])
+    figures = embed.EXPERIMENTS[exp_type].figures(summary)
+    assert set(figures) == set(embed.EXPERIMENTS[exp_type].stems)
     for fig in figures.values():
         visible = [ax for ax in fig.axes if ax.get_visible()]
         assert _grid_columns(fig) <= 4 and len(visible) == 7
@@ -227,7 +227,7 @@ def test_pos_tsne_draws_one_panel_per_column_from_summary_json(tiny_run, tmp_pat
     embed.main(embed_config(tmp_path, run, "exp_type=pos_tsne"))
     saved = json.loads((tmp_path / "pos_tsne" / "summary.json").read_text())
     assert np.asarray(saved["figure"]["coords"]).shape == (16, 2)
-    figures = embed.FIGURES["pos_tsne"][1](saved)
+    figures = embed.EXPERIMENTS["pos_tsne"].figures(saved)
     for kind, fig in figures.items():
         visible = [ax for ax in fig.axes if ax.get_visible()]
         assert len(visible) == 4 and _grid_columns(fig) <= 4

@@ -6,6 +6,7 @@ import torch
 from conftest import ROOT
 from torch import nn
 
+import model as model_lib
 import ood
 import utils
 from data import DataConfig, detokenize
@@ -94,7 +95,7 @@ def test_a_copying_model_scores_what_copying_scores_at_every_point(tiny_run, tmp
     run, _ = tiny_run
     model, ckpt = load_checkpoint(run / "step_000020.pt")
     copier = Copier(model.config)
-    monkeypatch.setattr(ood, "load_from_section", lambda section, device: (copier, ckpt))
+    monkeypatch.setattr(model_lib, "load_from_section", lambda section, device: (copier, ckpt))
     cfg = utils.load_config(
         ood.OodConfig,
         ROOT / "configs" / "ood.yaml",

@@ -82,7 +82,7 @@ def test_resume_with_other_model_is_refused(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path)
-    out_dir, resume = train.prepare_out_dir(cfg)
+    out_dir, resume = utils.prepare_run_dir(cfg)
     trainer = train.Trainer(cfg)
 
     def poison(x, hook):
@@ -569,4 +569,4 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(
     assert trainer.autocast_dtype == (torch.bfloat16 if native else None)
     assert train.main(cfg)["precision"] == expected
     for explicit in ("fp32", "tf32", "bf16"):  # an explicit choice is never overridden
-        assert train.resolve_precision(explicit, torch.device("cpu")) == explicit
+        assert utils.resolve_precision(explicit, torch.device("cpu")) == explicit

@@ -65,3 +65,13 @@ def format_matrix(pred: torch.Tensor, target: torch.Tensor, observed: torch.Tens
         t = " ".join(f"{v:6.2f}" for v in target[i].tolist())
         rows.append(f"  {p} | {t}")
     return "  prediction (* = hidden) | truth\n" + "\n".join(rows)
+
+
+def better_axis(row: float | None, column: float | None, margin: float, floor: float) -> str:
+    """Which of rows and columns a model's states hold better, by two scores of the same kind
+    (a probe's R², a silhouette): `row` or `column` when its score is above `floor` and above
+    the other's by `margin`, else `neither` (also when either score is missing)."""
+    if row is None or column is None:
+        return "neither"
+    best, top, low = ("row", row, column) if row >= column else ("column", column, row)
+    return best if top > floor and top - low > margin else "neither"

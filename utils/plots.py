@@ -4,6 +4,7 @@ draw (loss curves with the hidden progress, the layers × heads attention grid).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,118 @@ def plot_attention_grid(
             fontsize=10,
         )
     return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Panels of scatter plots and curves (embed.py's figures; any script may use them)
+
+MAX_COLUMNS = 4  # panels per row, so a figure of many checkpoints stays legible at page width
+MARKERS = "osD^vP*Xh<>p"  # one shape per row / column group, on top of its colour
+
+
+def panel_grid(plt, k: int, share: bool = False, size: tuple = (3.4, 3.1)):
+    """k panels in rows of at most MAX_COLUMNS; returns (figure, the k axes)."""
+    cols = min(k, MAX_COLUMNS)
+    rows = -(-k // cols)
+    size = (4.6, 3.8) if k == 1 else size
+    fig, axs = plt.subplots(
+        rows,
+        cols,
+        figsize=(size[0] * cols + 1.8, size[1] * rows + 1.0),
+        squeeze=False,
+        sharex=share,
+        sharey=share,
+        layout="constrained",
+    )
+    for ax in axs.flat[k:]:
+        ax.set_visible(False)
+    for ax in axs.flat[:k]:
+        ax.tick_params(labelbottom=True, labelleft=True)  # shared axes hide them by default
+    return fig, list(axs.flat[:k])
+
+
+def wrapped_suptitle(fig, text: str) -> None:
+    """The figure's title, wrapped to the figure's width (a one-panel figure is narrow)."""
+    fig.suptitle(textwrap.fill(text, width=int(fig.get_figwidth() * 9)))
+
+
+def plot_curve(x, y, xlabel: str, ylabel: str, title: str, xticks=None) -> Any:
+    """One line plot."""
+    plt = pyplot()
+    with plt.rc_context(plot_style()):
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+        ax.plot(x, y, lw=1.4)
+        if xticks is not None:
+            ax.set_xticks(xticks)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_scatter_panels(
+    panels: list[tuple[str, np.ndarray]],
+    groups: np.ndarray,
+    labels: list[str],
+    *,
+    title: str,
+    axes_labels: tuple[str, str],
+    legend_title: str,
+    ordered: bool,
+    share: bool = False,
+) -> Any:
+    """One scatter per panel (title, coords [N, 2]), at most MAX_COLUMNS a row, coloured by
+    `groups`, one legend. Ordered groups (value bins) get a sequential colour map; unordered ones
+    (rows, columns) a qualitative palette and a marker shape each."""
+    plt = pyplot()
+    k = len(labels)
+    if ordered:
+        colors = plt.get_cmap("viridis")(np.linspace(0, 1, k))
+    else:
+        colors = plt.get_cmap("tab10" if k <= 10 else "tab20")(np.arange(k) % 20)
+    with plt.rc_context(plot_style()):
+        fig, axes = panel_grid(plt, len(panels), share)
+        for ax, (panel_title, coords) in zip(axes, panels):
+            coords = np.asarray(coords)
+            for g, label in enumerate(labels):
+                sel = groups == g
+                marker = "o" if ordered else MARKERS[g % len(MARKERS)]
+                ax.scatter(*coords[sel].T, s=18, color=colors[g], marker=marker, label=label)
+            ax.set(title=panel_title, xlabel=axes_labels[0], ylabel=axes_labels[1])
+            ax.locator_params(nbins=5)
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, title=legend_title, loc="outside right center", frameon=False)
+        wrapped_suptitle(fig, title)
+    return fig
+
+
+def plot_highlight(
+    coords: np.ndarray, groups: np.ndarray, labels: list[str], *, title: str, axes_labels: tuple
+) -> Any:
+    """Small multiples: one panel per group, its points in colour over all the others in grey,
+    at most MAX_COLUMNS a row, on shared axes (groups that overlap stay apart)."""
+    plt = pyplot()
+    coords = np.asarray(coords)
+    with plt.rc_context(plot_style()):
+        fig, axes = panel_grid(plt, len(labels), share=True, size=(3.0, 2.8))
+        for g, (ax, label) in enumerate(zip(axes, labels)):
+            sel = groups == g
+            ax.scatter(*coords[~sel].T, s=12, color="0.8")
+            ax.scatter(*coords[sel].T, s=28, color="C3", edgecolor="k", linewidth=0.5)
+            ax.set(title=label, xlabel=axes_labels[0], ylabel=axes_labels[1])
+            ax.locator_params(nbins=4)
+        wrapped_suptitle(fig, title)
+    return fig
+
+
+def plain_log_ticks(ax) -> None:
+    """Plain tick labels on a log y axis (0.05, not 5×10⁻²), with the minor ticks at 2, 3 and 5
+    labelled too when the axis spans under 1.5 decades (too few for the major ticks alone)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(y: float, _) -> str:
+        lo, hi = ax.get_ylim()
+        mantissa = round(y / 10 ** np.floor(np.log10(y)))
+        return f"{y:g}" if np.log10(hi / lo) < 1.5 and mantissa in (2, 3, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))

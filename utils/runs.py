@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from utils.config import UserError
+from utils.config import UserError, config_to_dict, resolve_path
 
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 
@@ -164,3 +164,50 @@ def trim_jsonl(path: Path, step: int) -> list[dict]:
     kept = [r for r in read_metrics(path) if r["step"] <= step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
+
+
+def prepare_run_dir(cfg: Any) -> tuple[Path, dict | None]:
+    """Create or check a training run's folder (`cfg.train.out_dir`); returns it and the
+    checkpoint to resume from (if any).
+
+    Without `resume`, a folder holding another run (a checkpoint, a summary or logged steps) is
+    an error: nothing is overwritten. A start that failed before its first log left nothing to
+    protect. With `resume` and no checkpoint the run starts again at step 0.
+    """
+    out_dir = resolve_path(cfg.train.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"'train.out_dir' {out_dir} is a file, not a folder")
+    found = checkpoints(out_dir) if out_dir.is_dir() else {}
+    logged = read_metrics(out_dir / "metrics.jsonl")
+    if not cfg.train.resume:
+        if found or (out_dir / "summary.json").exists():
+            what = list(found.values())[-1].name if found else "summary.json"
+            raise UserError(
+                f"{out_dir} already holds a run ({what}); pass --train.resume=true to "
+                "continue it or choose another --train.out_dir"
+            )
+        if logged:
+            raise UserError(
+                f"{out_dir} holds a run that logged {len(logged)} steps but saved no checkpoint; "
+                "pass --train.resume=true to start it again from step 0 (its log is replaced) "
+                "or choose another --train.out_dir"
+            )
+    make_dir(out_dir, "train.out_dir")
+    for stale in out_dir.glob(".step_*.pt.tmp*"):  # a save killed half-way
+        stale.unlink()
+    if not (cfg.train.resume and found):
+        if cfg.train.resume:
+            print(f"no checkpoint in {out_dir} to resume from; starting at step 0")
+        return out_dir, None
+    path = found[max(found)]
+    ckpt = read_checkpoint(path)
+    mine = config_to_dict(cfg)
+    for section in ("data", "model"):
+        theirs = ckpt.get("config", {}).get(section, {})
+        for key, value in mine[section].items():
+            if theirs.get(key) != value:
+                raise UserError(
+                    f"cannot resume from {path}: {section}.{key} was {theirs.get(key)!r}, "
+                    f"now {value!r}"
+                )
+    return out_dir, ckpt

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from utils.config import UserError, opt
+from utils.tracking import WandbConfig
 
 
 def _check_heads_option(heads: int | None) -> None:
@@ -90,3 +91,16 @@ class AnalysisData:
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.batch_size < 1:
             raise UserError("'data.num_samples' and 'data.batch_size' must be ≥ 1")
+
+
+@dataclass
+class AnalysisConfig:
+    """The head every analysis config starts with; a script's config extends it with its own
+    section (and may narrow `ckpt` to several checkpoints or give `out_dir` its own default)."""
+
+    seed: int = opt(0, "seed of the sampled matrices (the same for every checkpoint)")
+    device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
+    out_dir: str = opt("results/analysis", "output folder; relative paths from the repo root")
+    ckpt: CkptSection = field(default_factory=CkptSection)
+    data: AnalysisData = field(default_factory=AnalysisData)
+    wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -135,12 +135,15 @@ def copy_scores(patterns: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
 class GPTTrainer(bert_train.Trainer):
     """train.py's Trainer (Adam, samplers, precision, compile, checkpoint state) for the GPT."""
 
+    bar_keys = {"loss_obs": "loss_obs", "acc_obs": "acc_obs"}
+
     def __init__(self, cfg: GPTTrainConfig):
         utils.seed_everything(cfg.train.seed)  # the initialisation, as Trainer seeds before its own
         super().__init__(cfg, model=GPT(cfg.model))
         # Hidden entries were never checked against the vocabulary; the full matrix must be.
         self.check_values = self.sampler.needs_check(cfg.data.rank)
         self.value_ids = value_id_range(cfg.data)
+        self.extra_steps = frozenset(cfg.train.attn_map_steps)  # attention maps drawn there
 
     def _loss(self, input_ids, target, observed) -> dict:
         seq = build_sequences(input_ids, target, self.cfg.data, self.check_values)
@@ -171,18 +174,12 @@ class GPTTrainer(bert_train.Trainer):
 
     # The hooks train.fit calls: the GPT's bar, summary, figures and attention maps.
 
-    def progress(self, record: dict) -> dict:
-        return {"loss_obs": f"{record['loss_obs']:.3g}", "acc_obs": f"{record['acc_obs']:.3g}"}
-
     def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
         attn = utils.read_metrics(out_dir / "attention.jsonl")
         return summarize(records, attn, wall_time, self.cfg, str(self.device), self.precision)
 
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
         plot_curves(records, out_dir, summary, title=self.cfg.wandb.name)
-
-    def extra_steps(self) -> set[int]:
-        return set(self.cfg.train.attn_map_steps)
 
     def at_extra_step(self, step: int, out_dir: Path, run) -> None:
         """Draw the attention maps and log every head's copy score (attention.jsonl, W&B)."""
@@ -234,20 +231,11 @@ class GPTTrainer(bert_train.Trainer):
 # Figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_attention(
     pattern: torch.Tensor, copy: torch.Tensor, step: int, out_dir: Path, linear: bool
 ) -> list[Path]:
     """`attn_step_NNNNNN.png`: every head's pattern [L, H, S, S] on one matrix, one colour scale."""
-    plt = _pyplot()
+    plt = utils.pyplot()
     n_layer, n_head, s, _ = pattern.shape
     p = pattern.cpu().numpy()
     if linear:  # signed and unnormalised: centre the colours on 0
@@ -286,7 +274,7 @@ def plot_attention(
 
 def plot_curves(records: list[dict], out_dir: Path, drop: dict, title: str = "") -> list[Path]:
     """`loss.png`: cross-entropies (log scale) and completion accuracies against step."""
-    plt = _pyplot()
+    plt = utils.pyplot()
     steps = [r["step"] for r in records]
     with plt.rc_context(utils.plot_style()):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -373,7 +361,7 @@ def print_summary(summary: dict, out_dir: Path) -> None:
 
 
 def main(cfg: GPTTrainConfig) -> dict:
-    out_dir, resume_from = bert_train.prepare_out_dir(cfg)
+    out_dir, resume_from = utils.prepare_run_dir(cfg)
     with utils.allocation_errors(bert_train.MODEL_TOO_BIG):
         trainer = GPTTrainer(cfg)
     n_params = sum(p.numel() for p in trainer.model.parameters())
