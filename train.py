@@ -481,8 +481,7 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     utils.print_rows(
         [
             ("plateau loss", summary["plateau_loss"]),
-            ("drop starts at step", summary["drop_step"]),
-            ("drop ends at step", summary["drop_end_step"]),
+            ("drop", utils.describe_drop(summary)),
             ("final loss", summary["final_loss"]),
             ("final L_obs", summary["final_loss_obs"]),
             ("final L_mask", summary["final_loss_mask"]),

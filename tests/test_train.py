@@ -570,3 +570,26 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(
     assert train.main(cfg)["precision"] == expected
     for explicit in ("fp32", "tf32", "bf16"):  # an explicit choice is never overridden
         assert utils.resolve_precision(explicit, torch.device("cpu")) == explicit
+
+
+def test_a_partial_drop_is_called_partial_and_the_plateau_is_the_first_stretch():
+    """Catches the no-drop summary of an untried CPU-demo seed (2026-12-02): the loss left its
+    0.033 plateau at step 5,500, settled at half of it and stayed there; the summary called the
+    second stretch (0.016) the plateau. The plateau is the first stretch, the drop is partial,
+    and the fall is the plateau over the second level, where it happened."""
+    steps = list(range(50, 12_050, 50))
+    wiggle = [1 + 0.03 * ((i % 5) - 2) / 2 for i in range(len(steps))]
+    level = [0.033 if s <= 5_500 else max(0.016, 0.033 - (s - 5_500) * 1.7e-5) for s in steps]
+    found = utils.detect_drop(steps, [v * w for v, w in zip(level, wiggle)])
+    assert found["drop_kind"] == "partial" and found["drop_step"] is None
+    assert found["plateau_loss"] == pytest.approx(0.033, rel=0.03)
+    assert found["fall"] == pytest.approx(0.033 / 0.016, rel=0.05)
+    # the loss is within 1.2× of the plateau until 0.033 / 1.2 = 0.0275, at step 5,823
+    assert 6_400 <= found["fall_step"] and 5_650 <= found["fall_start_step"] <= 5_850
+    assert "partial" in utils.describe_drop(found)
+    flat = utils.detect_drop(steps, [0.033 * w for w in wiggle])
+    assert flat["drop_kind"] == "none" and flat["fall"] < 1.2
+    sudden = [0.033 if s <= 5_500 else 0.002 for s in steps]
+    assert utils.detect_drop(steps, [v * w for v, w in zip(sudden, wiggle)])["drop_kind"] == (
+        "sudden"
+    )

@@ -30,6 +30,7 @@ from utils.config import (
     run_script,
     split_argv,
 )
+from utils.drop import describe as describe_drop
 from utils.drop import detect_drop
 from utils.metrics import (
     LOSSES,
@@ -131,6 +132,7 @@ __all__ = [
     "config_help",
     "config_to_dict",
     "DataRangeError",
+    "describe_drop",
     "detect_drop",
     "Document",
     "finite_or_none",

@@ -30,10 +30,25 @@ def detect_drop(
     which the loss falls below level / `drop_ratio` for good is the one that ends in the drop.
     The drop ends at the first point below level / `drop_ratio`, and starts at the last point
     before that where the smoothed loss is still within a factor `onset_ratio` of the level.
-    Returns plateau_loss, drop_step, drop_end_step (None where there is no such drop). Without a
-    (finished) drop, plateau_loss is still the level of the run's longest flat stretch, if any.
+
+    Returns plateau_loss, drop_step, drop_end_step (None where there is no such drop) and
+    `drop_kind`: "sudden" (that drop), "partial" (no such drop, but after the first plateau the
+    smoothed loss fell by more than `onset_ratio`: a drop cut short, or one that stopped on a
+    second stretch above level / `drop_ratio`), "none" (it never fell that far) or None (no
+    plateau at all). Without a sudden drop the plateau is the first flat stretch, the one the
+    curve leaves first, never a later stretch the loss reached by falling. `fall` is the plateau
+    level over the lowest smoothed loss after it, at `fall_step`; for a partial drop it starts at
+    `fall_start_step` (the last point within `onset_ratio` of the level before the lowest).
     """
-    none = {"plateau_loss": None, "drop_step": None, "drop_end_step": None}
+    none = {
+        "plateau_loss": None,
+        "drop_step": None,
+        "drop_end_step": None,
+        "drop_kind": None,
+        "fall": None,
+        "fall_step": None,
+        "fall_start_step": None,
+    }
     steps_a = np.asarray(steps, dtype=float)
     loss = np.asarray(losses, dtype=float)
     if len(loss) < 3 * window or not np.all(np.isfinite(loss)) or np.any(loss <= 0):
@@ -42,6 +57,14 @@ def detect_drop(
     future_max = np.maximum.accumulate(s[::-1])[::-1]  # max over j ≥ i
     min_span = min_plateau_frac * (steps_a[-1] - steps_a[0])
     flat, fall, onset = np.log10(flat_ratio), np.log10(drop_ratio), np.log10(onset_ratio)
+
+    def after(level: float, last: int) -> dict:
+        """The fall from `level` to the lowest smoothed loss after index `last`."""
+        if last + 1 >= len(s):
+            return {"fall": 1.0, "fall_step": None}
+        low = last + 1 + int(np.argmin(s[last + 1 :]))
+        return {"fall": float(10 ** (level - s[low])), "fall_step": int(steps_a[low]), "low": low}
+
     for i in range(2, len(s)):
         a = int(np.searchsorted(steps_a, steps_a[i] - min_span, side="right")) - 1
         a = max(0, min(a, i - 2))
@@ -56,20 +79,44 @@ def detect_drop(
         end = i + 1 + int(np.nonzero(s[i + 1 :] < level - fall)[0][0])
         near = np.nonzero(s[i:end] >= level - onset)[0]
         start = i + (int(near[-1]) if len(near) else 0)
+        low = after(level, i)
         return {
+            **none,
             "plateau_loss": float(10**level),
             "drop_step": int(steps_a[start]),
             "drop_end_step": int(steps_a[end]),
+            "drop_kind": "sudden",
+            "fall": low["fall"],
+            "fall_step": low["fall_step"],
         }
-    # No drop (or not yet complete): the level of the longest flat stretch, if there is one.
-    best = None
+    # No sudden drop: the first flat stretch is the plateau; how far the loss fell after it.
     for a, b in _flat_stretches(s, flat):
         if b - a >= 2 and steps_a[b] - steps_a[a] >= min_span:
-            if best is None or steps_a[b] - steps_a[a] > steps_a[best[1]] - steps_a[best[0]]:
-                best = (a, b)
-    if best is not None:
-        return {**none, "plateau_loss": float(10 ** np.median(s[best[0] : best[1] + 1]))}
+            level = float(np.median(s[a : b + 1]))
+            low = after(level, b)
+            out = {**none, "plateau_loss": float(10**level), "drop_kind": "none"}
+            out.update(fall=low["fall"], fall_step=low["fall_step"])
+            if low["fall"] > onset_ratio:
+                near = np.nonzero(s[a : low["low"]] >= level - onset)[0]  # a: the stretch's start
+                out["drop_kind"] = "partial"
+                out["fall_start_step"] = int(steps_a[a + (int(near[-1]) if len(near) else 0)])
+            return out
     return none
+
+
+def describe(drop: dict) -> str:
+    """The drop in a few words, for a printed summary."""
+    kind = drop.get("drop_kind")
+    if kind == "sudden":
+        return f"sudden, steps {drop['drop_step']} to {drop['drop_end_step']}"
+    if kind == "partial":
+        return (
+            f"partial: {drop['fall']:.3g}× below the plateau by step {drop['fall_step']} "
+            f"(from step {drop['fall_start_step']}), never a third of it"
+        )
+    if kind == "none":
+        return "none found (the loss stayed near its first plateau)"
+    return "no plateau found"
 
 
 def _flat_stretches(s: np.ndarray, flat: float) -> Iterator[tuple[int, int]]:
