@@ -15,10 +15,12 @@
 #   --with-gpt          also train the GPT variant (src/configs/gpt.yaml; gpt_cpu.yaml with --tiny)
 #   --train-only        stop after training; --skip-train: analyse the run already in OUT/train
 #                       (to split the work over two calls of a time-limited machine)
+#   --set KEY=VALUE     an override of the training config (repeatable), e.g.
+#                       --set model.hidden_size=32; the analyses read sizes from the checkpoints
 set -euo pipefail
 cd "$(dirname "$0")"
 
-tiny=0 out="" steps="" train_embed=0 gpt=0 train=1 analyse=1
+tiny=0 out="" steps="" train_embed=0 gpt=0 train=1 analyse=1 sets=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --tiny) tiny=1 ;;
@@ -28,6 +30,7 @@ while [[ $# -gt 0 ]]; do
     --with-gpt) gpt=1 ;;
     --train-only) analyse=0 ;;
     --skip-train) train=0 ;;
+    --set) sets+=("--$2"); shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "error: unknown option '$1' (see bash reproduce.sh --help)" >&2; exit 2 ;;
   esac
@@ -63,7 +66,7 @@ stage() { echo; echo "== $1 ($(( $(date +%s) - start )) s)"; }
 if (( train )); then
   stage "train ($config, $steps steps, checkpoints at $ckpts)"
   python3 train.py --config "$config" --train.out_dir="$run" --train.steps="$steps" \
-    --train.save_steps="[$ckpts]"
+    --train.save_steps="[$ckpts]" "${sets[@]}"
 fi
 (( analyse )) || exit 0
 

@@ -1,21 +1,24 @@
 """Compare finished training runs (seeds of one config, say): where each drops and how far.
 
-    python3 scripts/compare_runs.py OUT_DIR RUN_DIR [RUN_DIR ...]
+    python3 scripts/compare_runs.py [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]
 
 Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created if needed):
-  runs.md       one row per run: plateau, where the drop starts and ends (step and minutes),
-                L_mask on the plateau and at the end, their ratio, when L_mask first stays 5×
-                below the plateau, final eval loss, steps and wall time; and, for runs
+  runs.md       one row per run: plateau, the kind of drop (sudden, partial, none; with its
+                fall, utils.detect_drop), where the drop starts and ends (step and minutes),
+                L_mask on the plateau and at the end, their ratio, when L_mask first stays X×
+                below the plateau (`--below`, default 8: `complete`, the CPU demo's criterion),
+                final eval loss, steps and wall time; and, for runs
                 logged with train.progress, when the hidden progress shows: the first step
                 a head attends to its row or column above chance, and where representation
                 collapse peaks (`hidden_progress`);
   runs.png      every run's L_mask against steps and against wall-clock minutes;
   summary.json  the table's numbers (the figure's too).
 The drop is train.py's (utils.detect_drop on the total loss). L_mask on the plateau is the median
-of the logged L_mask over the second half of the stretch before the drop; at the end, the median
-of the last `FINAL_LOGS` logs (one batch's L_mask is noisy); "5× below" is the first logged step
-where the median of the last `SMOOTH_LOGS` logs falls under a fifth of the plateau's. How
-docs/results/cpu_demo/seeds was made.
+of the logged L_mask over the second half of the stretch before the drop (before a partial
+drop's fall; over the whole run without either); at the end, the median of the last `FINAL_LOGS`
+logs (one batch's L_mask is noisy); "X× below" is the first logged step where the median of the
+last `SMOOTH_LOGS` logs falls under 1/X of the plateau's. How docs/results/cpu_demo/seeds was
+made (with --below 5).
 """
 
 from __future__ import annotations
@@ -31,42 +34,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402
+from model import chance_shares  # noqa: E402
 
 FINAL_LOGS = 20
 SMOOTH_LOGS = 10
-BELOW = 5.0
+BELOW = 8.0  # completion: L_mask stays this many times below the plateau (issue #25)
 RISE = 0.05
 
 
 def hidden_progress(records: list[dict], shape: tuple[int, int] | None, drop_step) -> dict:
     """When the progress hidden on the plateau shows (runs logged with train.progress):
     `head_rise_step`, the first logged step at which some head's share on its row (or column)
-    exceeds chance, (n − 1) / (mn − 1) (or (m − 1) / (mn − 1)), by more than RISE; and
-    `collapse_peak_step`, where the last layer's representation collapse peaks before the drop
-    (over the whole run without one)."""
+    exceeds what uniform attention gives (model.chance_shares: (n − 1) / mn, or (m − 1) / mn)
+    by more than RISE; and `collapse_peak_step`, where the last layer's representation collapse
+    peaks before the drop (over the whole run without one, or when nothing was measured before
+    it: progress switched on in a resume after the drop)."""
     out = {"head_rise_step": None, "collapse_peak_step": None}
     logged = [r for r in records if "att_row" in r]
     if not logged:
         return out
     if shape is not None:
-        m, n = shape
-        row_chance, col_chance = (n - 1) / (m * n - 1), (m - 1) / (m * n - 1)
+        chance = chance_shares(*shape, observed_fraction=1.0)
         for r in logged:
-            rows = max(max(layer) for layer in r["att_row"]) - row_chance
-            cols = max(max(layer) for layer in r["att_col"]) - col_chance
+            rows = max(max(layer) for layer in r["att_row"]) - chance["row"]
+            cols = max(max(layer) for layer in r["att_col"]) - chance["col"]
             if max(rows, cols) > RISE:
                 out["head_rise_step"] = r["step"]
                 break
-    before = [r for r in logged if drop_step is None or r["step"] <= drop_step]
+    before = [r for r in logged if drop_step is None or r["step"] <= drop_step] or logged
     out["collapse_peak_step"] = max(before, key=lambda r: r["collapse"][-1])["step"]
     return out
 
 
 def compare(
-    records: list[dict], wall_time: float | None = None, shape: tuple[int, int] | None = None
+    records: list[dict],
+    wall_time: float | None = None,
+    shape: tuple[int, int] | None = None,
+    below: float = BELOW,
 ) -> dict:
     """One run's row, from its logged records (the step order of metrics.jsonl); `shape`, the
-    run's matrix size (None for a mixture of sizes), sets the heads' chance shares."""
+    run's matrix size (None for a mixture of sizes), sets the heads' chance shares; `below`,
+    how far under the plateau L_mask must stay to count as complete."""
     steps = [r["step"] for r in records]
     drop = utils.detect_drop(steps, [r["loss"] for r in records])
     time_at = {r["step"]: r["time"] / 60 for r in records}
@@ -79,24 +87,26 @@ def compare(
         "ratio": None,
         "below_step": None,
         "below_min": None,
+        "complete": False,
         "final_eval_loss": records[-1].get("eval_loss"),
         "steps": steps[-1],
         "wall_min": (wall_time if wall_time is not None else records[-1]["time"]) / 60,
         **hidden_progress(records, shape, drop["drop_step"]),
     }
-    if drop["drop_step"] is None:
+    if drop["drop_kind"] is None:
         return row
-    level = statistics.median(
-        r["loss_mask"] for r in records if drop["drop_step"] / 2 <= r["step"] < drop["drop_step"]
-    )
+    left = drop["drop_step"] or drop["fall_start_step"] or steps[-1] + 1  # where the plateau ends
+    on_plateau = [r["loss_mask"] for r in records if left / 2 <= r["step"] < left]
+    level = statistics.median(on_plateau or [r["loss_mask"] for r in records])
     row["plateau_loss_mask"] = level
     row["ratio"] = level / row["final_loss_mask"]
     for i in range(SMOOTH_LOGS, len(records) + 1):
         recent = records[i - SMOOTH_LOGS : i]
-        if statistics.median(r["loss_mask"] for r in recent) < level / BELOW:
+        if statistics.median(r["loss_mask"] for r in recent) < level / below:
             row["below_step"] = recent[-1]["step"]
             row["below_min"] = recent[-1]["time"] / 60
             break
+    row["complete"] = row["below_step"] is not None and row["ratio"] >= below
     return row
 
 
@@ -134,8 +144,14 @@ def figure(runs: dict[str, list[dict]], rows: dict[str, dict]):
 
 
 def main(argv: list[str]) -> dict:
+    below = BELOW
+    if argv[:1] == ["--below"]:
+        try:
+            below, argv = float(argv[1]), argv[2:]
+        except (IndexError, ValueError):
+            raise utils.UserError("--below needs a number, e.g. --below 8") from None
     if len(argv) < 2:
-        raise utils.UserError("usage: compare_runs.py OUT_DIR RUN_DIR [RUN_DIR ...]")
+        raise utils.UserError("usage: compare_runs.py [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]")
     out, run_dirs = Path(argv[0]), [Path(a) for a in argv[1:]]
     runs, rows = {}, {}
     for run in run_dirs:
@@ -146,29 +162,37 @@ def main(argv: list[str]) -> dict:
         summary = json.loads(path.read_text()) if path.is_file() else {}
         runs[run.name] = records
         rows[run.name] = {"run": run.name, "path": str(run)}
-        rows[run.name].update(compare(records, summary.get("wall_time_s"), matrix_shape(run)))
+        wall = summary.get("wall_time_s")
+        rows[run.name].update(compare(records, wall, matrix_shape(run), below))
     if len(runs) < len(run_dirs):
         raise utils.UserError("two runs share a folder name; their rows would clash")
     utils.make_dir(out, "OUT_DIR")
+    done = sum(r["complete"] for r in rows.values())
+    verdict = (
+        f"complete (L_mask {below:g}× below the plateau and staying there): {done} of "
+        f"{len(rows)} runs"
+    )
     table = utils.markdown_table(
         list(rows.values()),
-        ["run", "plateau_loss", "drop_step", "drop_min", "drop_end_step", "drop_end_min"]
-        + ["plateau_loss_mask", "final_loss_mask", "ratio", "below_step", "below_min"]
-        + ["final_eval_loss", "steps", "wall_min", "head_rise_step", "collapse_peak_step"],
+        ["run", "plateau_loss", "drop_kind", "fall", "drop_step", "drop_min", "drop_end_step"]
+        + ["drop_end_min", "plateau_loss_mask", "final_loss_mask", "ratio", "below_step"]
+        + ["below_min", "complete", "final_eval_loss", "steps", "wall_min", "head_rise_step"]
+        + ["collapse_peak_step"],
     )
-    utils.atomic_write_text(out / "runs.md", table)
+    utils.atomic_write_text(out / "runs.md", f"{verdict}\n\n{table}")
     fig = figure(runs, rows)
     utils.save_figure(fig, out, "runs")
     utils.close_figure(fig)
     summary = {
         "runs": list(rows.values()),
+        "complete": done,
         "final_logs": FINAL_LOGS,
         "smooth_logs": SMOOTH_LOGS,
-        "below": BELOW,
+        "below": below,
         "rise": RISE,
     }
     utils.write_json(out / "summary.json", summary)
-    print(table, end="")
+    print(f"{verdict}\n\n{table}", end="")
     return summary
 
 

@@ -2,14 +2,18 @@
 
     python3 scripts/sweep.py --out results/sweep --time-limit 180 --seeds 0 1 \
         --variant "b64: train.batch_size=64" --variant "lr2e-3: train.lr=2e-3"
+    python3 scripts/sweep.py --out results/seeds --seeds 100 101 102 103   # seeds of one config
 
 Each variant is a name and space-separated overrides of `--base` (default configs/train_tiny.yaml);
-every (variant, seed) is one train.py process writing into OUT/<name>_s<seed>/. A run still going
-`--time-limit` seconds after its own start is stopped; with `--stop-after-drop K`, so is a run whose
-loss has stayed below plateau / 3 (train.py's detector: the drop has ended) for K steps. The drop
-is read from the metrics each run logged with train.py's own detector. Writes OUT/sweep.json and
-OUT/sweep.md (one row per run). Machines with W&B access can use the sweep files in
-configs/sweeps/ instead.
+every (variant, seed) is one train.py process writing into OUT/<name>_s<seed>/, `--parallel` at a
+time (default: one per CPU core) with `--threads` torch threads each (default 1). A run still
+going `--time-limit` seconds after its own start is stopped with SIGTERM, so that train.py saves a
+checkpoint, its summary and loss.png (SIGKILL only if it is still there a minute later); with
+`--stop-after-drop K`, so is a run whose loss has stayed below plateau / 3 (train.py's detector:
+the drop has ended) for K steps. Writes OUT/sweep.json and OUT/sweep.md (one row per run: the
+drop as utils.detect_drop reads it), then scripts/compare_runs.py's table of every run into
+OUT/compare (runs.md: which fraction completes, L_mask `--below` times under the plateau).
+Machines with W&B access can use the sweep files in configs/sweeps/ instead.
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="stop a run this many steps after its drop has ended (default: never)",
     )
-    p.add_argument("--parallel", type=int, default=8, help="processes at once")
+    p.add_argument(
+        "--parallel", type=int, default=os.cpu_count() or 1, help="processes at once (cores)"
+    )
+    p.add_argument(
+        "--below", type=float, default=8.0, help="compare_runs: L_mask this far under = complete"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     return p.parse_args(argv)
 
@@ -58,6 +67,7 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
         "finished": finished,
         "last_step": last.get("step"),
         **drop,
+        "drop": utils.describe_drop(drop),
         "drop_time_s": drop_time,
         "final_loss": last.get("loss"),
         "final_loss_mask": last.get("loss_mask"),
@@ -72,6 +82,19 @@ def completed_for(run_dir: Path) -> int | None:
     if drop["drop_end_step"] is None:
         return None
     return records[-1]["step"] - drop["drop_end_step"]
+
+
+GRACE_S = 60  # seconds a stopped run has to save before it is killed
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (train.py finishes its step, saves and exits), SIGKILL after GRACE_S."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -108,17 +131,20 @@ def main(args: argparse.Namespace) -> list[dict]:
             if proc.poll() is None and not over:
                 continue
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                stop(proc)
             log.close()
             running.remove(job)
             rows.append(row(name, seed, run_dir, finished=proc.returncode == 0))
     rows.sort(key=lambda r: (r["variant"], r["seed"]))
     utils.write_json(out / "sweep.json", rows)
     cols = ["variant", "seed", "last_step", "plateau_loss", "drop_step", "drop_end_step"]
-    table = utils.markdown_table(rows, cols + ["final_loss_mask", "steps_per_s"])
+    table = utils.markdown_table(rows, cols + ["drop", "final_loss_mask", "steps_per_s"])
     (out / "sweep.md").write_text(table)
     print(table)
+    logged = [d for _, _, d, _ in jobs if utils.read_metrics(d / "metrics.jsonl")]
+    if logged:
+        compare = [sys.executable, str(ROOT / "scripts/compare_runs.py"), "--below"]
+        subprocess.run([*compare, str(args.below), str(out / "compare"), *map(str, logged)])
     return rows
 
 

@@ -43,7 +43,9 @@ def _numbers(x):
 def test_reproduce_tiny_runs_every_stage(tmp_path):
     out = tmp_path / "rep"
     proc = subprocess.run(
-        ["bash", str(ROOT / "reproduce.sh"), "--tiny", "--steps", "40", "--out", str(out)],
+        # a narrower model than the demo's, so that the whole pipeline stays a CI-sized test
+        ["bash", str(ROOT / "reproduce.sh"), "--tiny", "--steps", "40", "--out", str(out)]
+        + ["--set", "model.hidden_size=32", "--set", "model.intermediate_size=64"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -158,15 +160,15 @@ def test_export_run_keeps_the_weights_and_drops_the_rest(tiny_run, tmp_path):
 def _sharp_drop_run(folder, spike_at_end=True):
     """A logged run of 4×4 matrices whose L_mask is 0.1 until step 5,000 (one 0.5 spike at
     3,000) and 0.01 from there to step 10,000 (one 1.0 spike at the last log); the total loss is
-    0.3 · L_mask. Its one layer of two heads: head 1's row share is at chance (3/15 = 0.2), 0.24
-    at 3,500 and 0.3 from 4,000 on; collapse peaks at 3,000 (0.9) before the drop and at 8,000
-    (0.95) after it."""
+    0.3 · L_mask. Its one layer of two heads: head 1's row share is at chance (uniform attention:
+    3/16 = 0.1875), 0.235 at 3,500 and 0.3 from 4,000 on; collapse peaks at 3,000 (0.9) before
+    the drop and at 8,000 (0.95) after it."""
     folder.mkdir()
     records = []
     for step in range(0, 10_001, 100):
         mask = 0.1 if step < 5000 else 0.01
         mask = 0.5 if step == 3000 else 1.0 if step == 10_000 and spike_at_end else mask
-        row = 0.3 if step >= 4000 else 0.24 if step == 3500 else 0.2
+        row = 0.3 if step >= 4000 else 0.235 if step == 3500 else 0.1875
         collapse = {3000: 0.9, 8000: 0.95}.get(step, 0.5)
         records.append(
             {
@@ -174,8 +176,8 @@ def _sharp_drop_run(folder, spike_at_end=True):
                 "loss": 0.3 * mask,
                 "loss_mask": mask,
                 "time": step * 0.06,
-                "att_row": [[0.2, row]],
-                "att_col": [[0.2, 0.2]],
+                "att_row": [[0.1875, row]],
+                "att_col": [[0.1875, 0.1875]],
                 "collapse": [0.1, collapse],
             }
         )
@@ -198,7 +200,8 @@ def test_compare_runs_reads_levels_as_medians_and_the_completion_as_lasting(tmp_
     # the median of the last 10 logs: 4 at 0.1 and 6 at 0.01 first at step 5,500
     assert row["below_step"] == 5500 and row["below_min"] == pytest.approx(5.5)
     assert row["wall_min"] == pytest.approx(10.0)
-    # hidden progress: 0.24 is within RISE of chance, 0.3 is not; the collapse peak after the
+    assert row["complete"] and row["drop_kind"] == "sudden"
+    # hidden progress: 0.235 is within RISE of chance, 0.3 is not; the collapse peak after the
     # drop (8,000) is not the one before it
     assert row["head_rise_step"] == 4000 and row["collapse_peak_step"] == 3000
 
@@ -230,8 +233,12 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
     assert [r["run"] for r in summary["runs"]] == ["s0", "flat"]
     assert summary["runs"][0]["below_step"] == 5500
     assert summary["runs"][0]["head_rise_step"] == 4000  # the shape read from its config.yaml
-    assert summary["runs"][1]["drop_step"] is None and summary["runs"][1]["ratio"] is None
-    table = (out / "runs.md").read_text().splitlines()
+    flat_row = summary["runs"][1]
+    assert flat_row["drop_step"] is None and flat_row["drop_kind"] == "none"
+    assert flat_row["ratio"] == 1.0 and not flat_row["complete"] and summary["complete"] == 1
+    lines = (out / "runs.md").read_text().splitlines()
+    assert lines[0].endswith(": 1 of 2 runs")
+    table = lines[2:]
     assert table[2].startswith("| s0 |") and "| 5500 |" in table[2]
     assert table[3].startswith("| flat |") and "—" in table[3]
     assert (out / "runs.png").stat().st_size > 10_000
@@ -242,3 +249,37 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
         text=True,
     )
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr
+
+
+def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
+    """Catches a chance level of the head shares other than what uniform attention scores
+    (model.chance_shares: (n − 1) / mn for a row, (m − 1) / mn for a column; compare_runs used
+    (n − 1) / (mn − 1)), and a rise looked for on rows only: on a 4×5 matrix a column share of
+    3/20 + 0.051 rises, 3/20 + 0.049 does not, and one of 3/19 + 0.049 = 0.207 does."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_runs
+
+    def run(col: float) -> list[dict]:
+        return [
+            {"step": s, "loss": 0.03, "loss_mask": 0.1, "time": s, "att_row": [[4 / 20]],
+             "att_col": [[col if s >= 500 else 3 / 20]], "collapse": [0.5, 0.5]}
+            for s in range(0, 1001, 100)
+        ]  # fmt: skip
+
+    rise = compare_runs.hidden_progress
+    assert rise(run(3 / 20 + 0.051), (4, 5), None)["head_rise_step"] == 500
+    assert rise(run(3 / 20 + 0.049), (4, 5), None)["head_rise_step"] is None
+    assert rise(run(3 / 19 + 0.049), (4, 5), None)["head_rise_step"] == 500
+
+
+def test_compare_runs_collapse_peak_without_progress_before_the_drop():
+    """Catches compare_runs failing (max of nothing) when no progress record lies at or before
+    the drop, e.g. train.progress switched on in a resume after it."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_runs
+
+    records = [
+        {"step": s, "att_row": [[0.2]], "att_col": [[0.2]], "collapse": [0.5, c]}
+        for s, c in ((6000, 0.7), (7000, 0.9), (8000, 0.6))
+    ]
+    assert compare_runs.hidden_progress(records, (4, 4), 5000)["collapse_peak_step"] == 7000

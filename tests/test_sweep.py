@@ -1,0 +1,51 @@
+"""scripts/sweep.py: seeds (and settings) side by side, each run's drop, the completion table."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, TINY
+
+import utils
+
+VARIANT = " ".join(o for o in TINY if not o.startswith(("train.steps=", "train.save_steps=")))
+
+
+def sweep(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts/sweep.py"), "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_seeds_side_by_side_write_one_row_each_and_the_completion_table(tmp_path):
+    """Catches a seed that is not passed on (two runs of one seed), a run missing from the
+    table, and the completion table (compare_runs) not written for the sweep's runs."""
+    variant = f"t: {VARIANT} train.steps=20"
+    done = sweep(tmp_path, "--seeds", "3", "4", "--parallel", "2", "--variant", variant)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(r["variant"], r["seed"], r["last_step"]) for r in rows] == [("t", 3, 20), ("t", 4, 20)]
+    assert all(r["finished"] for r in rows)
+    losses = [utils.read_metrics(tmp_path / f"t_s{s}" / "metrics.jsonl")[0]["loss"] for s in (3, 4)]
+    assert losses[0] != losses[1]  # different seeds, different data
+    compare = json.loads((tmp_path / "compare" / "summary.json").read_text())
+    assert [r["run"] for r in compare["runs"]] == ["t_s3", "t_s4"] and compare["below"] == 8.0
+    assert (tmp_path / "compare" / "runs.md").read_text().startswith("complete (L_mask 8× below")
+
+
+def test_a_run_stopped_at_the_time_limit_keeps_its_checkpoint_and_summary(tmp_path):
+    """Catches a time limit that kills a run outright (SIGKILL): the run must be stopped with
+    SIGTERM, so train.py saves a checkpoint, summary.json and loss.png that a resume continues."""
+    variant = f"long: {VARIANT} train.steps=100000"
+    done = sweep(tmp_path, "--seeds", "0", "--time-limit", "20", "--variant", variant)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "sweep.json").read_text())
+    assert not row["finished"] and row["last_step"] > 0
+    run = tmp_path / "long_s0"
+    assert utils.checkpoints(run), list(run.iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_step"] == row["last_step"] and (run / "loss.png").is_file()
+    assert "SIGTERM at step" in (run / "log.txt").read_text()
