@@ -426,7 +426,10 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
         cfg.wandb, utils.config_to_dict(cfg), out_dir, job_type="train", group=out_dir.name
     )
     save_at = set(t.save_steps) | {t.steps}
-    clock = Clock(records[-1]["time"] if records else 0.0, trainer.step_count)
+    # The clock goes on from the checkpoint's time (a run stopped between two logging steps saved
+    # later than its last record); older checkpoints hold none: the last record's.
+    elapsed = (resume_from or {}).get("elapsed_s", records[-1]["time"] if records else 0.0)
+    clock = Clock(float(elapsed), trainer.step_count)
     bar = tqdm(
         total=t.steps, initial=trainer.step_count, desc=cfg.wandb.name, mininterval=1.0, delay=2.0
     )
@@ -454,7 +457,7 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
                 trainer.at_extra_step(step, out_dir, run)
             if saving:
                 path = out_dir / f"step_{step:06d}.pt"
-                utils.save_checkpoint(path, trainer.state_dict())
+                utils.save_checkpoint(path, {**trainer.state_dict(), "elapsed_s": clock.elapsed()})
                 if run is not None:
                     utils.log_wandb_step(run, cfg.wandb, step, path, trainer.wandb_images(step))
             if stopping:

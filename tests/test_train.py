@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -593,3 +594,30 @@ def test_a_partial_drop_is_called_partial_and_the_plateau_is_the_first_stretch()
     assert utils.detect_drop(steps, [v * w for v, w in zip(sudden, wiggle)])["drop_kind"] == (
         "sudden"
     )
+
+
+def test_a_run_resumed_between_logging_steps_keeps_its_clock(tmp_path, monkeypatch):
+    """Catches a resumed run whose clock restarts from the last logged record rather than from
+    the checkpoint: stopped at step 12 (logs at 10 and 15), the second between 10 and 12 was
+    lost, and the minutes to the drop of resumed runs read low."""
+    step = train.Trainer.step
+
+    def slow_step(self):
+        out = step(self)
+        if self.step_count in (11, 12):
+            time.sleep(0.6)  # 1.2 s spent after the log at step 10, before the save at 12
+        return out
+
+    cfg = tiny_config(tmp_path, "train.save_steps=[12]")
+    with monkeypatch.context() as m:
+        m.setattr(train.Trainer, "step", slow_step)
+        train.main(cfg)
+    run = utils.resolve_path(cfg.train.out_dir)
+    saved = torch.load(run / "step_000012.pt", weights_only=True)["elapsed_s"]
+    logged = {r["step"]: r["time"] for r in utils.read_metrics(run / "metrics.jsonl")}
+    assert saved >= logged[10] + 1.2
+    (run / "step_000020.pt").unlink()
+    (run / "summary.json").unlink()
+    train.main(tiny_config(tmp_path, "train.save_steps=[12]", "train.resume=true"))
+    resumed = {r["step"]: r["time"] for r in utils.read_metrics(run / "metrics.jsonl")}
+    assert resumed[10] == logged[10] and resumed[15] >= saved
