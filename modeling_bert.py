@@ -17,7 +17,9 @@ How it differs from HF's `BertModel`:
   - named hook points (below) and the `hooks` context manager, TransformerLens-style;
   - with no attention-internal hook and `output_attentions=False`, attention runs through
     `F.scaled_dot_product_attention` (the fast path); otherwise, and for bf16 on a CPU, the
-    scores and pattern are materialised (the hooked path). Both compute the same function.
+    scores and pattern are materialised (the hooked path). Both compute the same function. A
+    hook is ours (`hooks`) or torch's (`register_forward_hook` on hook_attn_scores or
+    hook_pattern, or a global module hook), so nnsight-style tools see the pattern too.
 
 Hook points, relative to this module; B batch, T positions, D hidden, H heads, d = D / H,
 F intermediate size, `{i}` the 0-based layer:
@@ -147,12 +149,27 @@ HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
 
 class HookPoint(nn.Module):
-    """Identity that runs its hooks in order; with none it only returns its input."""
+    """Identity that runs its hooks in order; with none it only returns its input. Torch's own
+    module hooks (`register_forward_hook`, what nnsight and most interpretability code use) work
+    on it too, as on any module."""
 
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
         self.fns: list[HookFn] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether anything would see this point: our hooks, or torch hooks on this module or on
+        every module (global ones)."""
+        hooks = nn.modules.module
+        return bool(
+            self.fns
+            or self._forward_hooks
+            or self._forward_pre_hooks
+            or hooks._global_forward_hooks
+            or hooks._global_forward_pre_hooks
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for fn in self.fns:
@@ -249,7 +266,8 @@ class BertSelfAttention(nn.Module):
         # The explicit path when the pattern is wanted, and for bf16 on a CPU, where SDPA's flash
         # kernel is the slower one (docs/results/tiny_cpu_search: speed of one step).
         explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16
-        if explicit or output_attentions or self.hook_attn_scores.fns or self.hook_pattern.fns:
+        hooked = self.hook_attn_scores.active or self.hook_pattern.active
+        if explicit or output_attentions or hooked:
             scores = self.hook_attn_scores(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim))
             # Softmax in fp32, rounded back to the scores' dtype: the same forward as a bf16
             # softmax (up to 1 ulp), a more exact backward, and on a CPU faster than the bf16

@@ -361,3 +361,32 @@ def test_intermediate_size_null_is_four_times_the_width():
         BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=None).intermediate_size
         == 256
     )
+
+
+def test_a_plain_torch_forward_hook_on_the_pattern_fires_and_can_ablate():
+    """Catches the fast (SDPA) path taken when only a torch hook (`register_forward_hook`, as
+    nnsight and most interpretability code register) sits on hook_pattern or hook_attn_scores:
+    the hook would never fire. It must see every head's pattern (rows summing to 1), leave the
+    output as the fast path computes it, and be able to replace the pattern."""
+    model = _trained_like().eval()
+    ids = _ids()
+    fast = model(ids)
+    attention = model.backbone.encoder.layer[1].attention.self
+    seen = []
+    handle = attention.hook_pattern.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        hooked = model(ids)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (3, CFG.num_attention_heads, 16, 16)
+    torch.testing.assert_close(seen[0].sum(-1), torch.ones(3, CFG.num_attention_heads, 16))
+    torch.testing.assert_close(hooked, fast, atol=1e-5, rtol=1e-5)
+    uniform = attention.hook_attn_scores.register_forward_hook(lambda m, a, out: out * 0)
+    try:
+        ablated = model(ids)
+    finally:
+        uniform.remove()
+    with model.hooks(ablate_head_hooks([(1, h) for h in range(4)], "uniform")):
+        reference = model(ids)
+    torch.testing.assert_close(ablated, reference, atol=1e-5, rtol=1e-5)
+    assert not attention.hook_pattern.active  # removed: the fast path again
