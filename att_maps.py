@@ -84,7 +84,8 @@ class AttMapsSection:
 
 @dataclass
 class Config(AnalysisConfig):
-    out_dir: str = opt("results/att_maps", "output folder; relative paths from the repo root")
+    script = "att_maps"  # outputs: results/<run folder name>/att_maps
+
     ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
     att_maps: AttMapsSection = field(default_factory=AttMapsSection)
 

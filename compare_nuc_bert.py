@@ -45,7 +45,8 @@ class CompareSection:
 
 @dataclass
 class CompareConfig(AnalysisConfig):
-    out_dir: str = opt("results/compare_nuc_bert", "output folder (relative: the repo root)")
+    script = "compare_nuc_bert"  # outputs: results/<run folder name>/compare_nuc_bert
+
     compare: CompareSection = field(default_factory=CompareSection)
 
     def __post_init__(self) -> None:

@@ -37,7 +37,8 @@ class CopySection:
 
 @dataclass
 class CopyCheckConfig(AnalysisConfig):
-    out_dir: str = opt("results/copy_check", "output folder (relative: the repo root)")
+    script = "copy_check"  # outputs: results/<run folder name>/copy_check
+
     ckpt: StepsCkptSection = field(default_factory=StepsCkptSection)
     copy: CopySection = field(default_factory=CopySection)
 

@@ -87,9 +87,10 @@ class EmbedSection:
 
 @dataclass
 class EmbedConfig(AnalysisConfig):
+    script = "embed"  # outputs: results/<run folder name>/embed
+
     exp_type: str = opt("token_norm", "the experiment to run", EXP_TYPES)
     seed: int = opt(0, "seed for data, permutations and t-SNE")
-    out_dir: str = opt("results/embed", "outputs go to out_dir/<exp_type>/")
     ckpt: EmbedCkpt = field(default_factory=EmbedCkpt)
     embed: EmbedSection = field(default_factory=EmbedSection)
 

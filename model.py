@@ -30,6 +30,7 @@ from utils import (
     PrePostCkptSection,
     StepsCkptSection,
     UserError,
+    checkpoints,
     choose_device,
     finite_or_none,
     masked_mse,
@@ -431,14 +432,15 @@ def state_dict_mismatch(expected: dict, given: dict) -> str | None:
 
 
 def checkpoint_path(section: CkptSection, step: int | None = None) -> Path:
-    """The file a `ckpt` section names: `path`, or `run`/step_NNNNNN.pt (`step` overrides the
-    section's; neither given: the last checkpoint in `run`). A missing one is an error that lists
-    the steps the run holds, or says how to make the run."""
+    """The checkpoint a `ckpt` section names: `path`, or `run`/step_NNNNNN.pt, or an exported
+    `run`/step_NNNNNN/ folder in HF format (`step` overrides the section's; neither given: the
+    last checkpoint in `run`). A missing one is an error that lists the steps the run holds, or
+    says how to make the run."""
     if section.path:
         return resolve_path(section.path)
     run = resolve_path(section.run)
     step = section.step if step is None else step
-    found = sorted(run.glob("step_*.pt")) if run.is_dir() else []
+    found = checkpoints(run) if run.is_dir() else {}
     if not found:
         if run.is_dir():
             raise UserError(
@@ -451,16 +453,14 @@ def checkpoint_path(section: CkptSection, step: int | None = None) -> Path:
             + (f" (with {step} in train.save_steps)" if step is not None else "")
         )
     if step is None:
-        return found[-1]
-    path = run / f"step_{step:06d}.pt"
-    if not path.is_file():
-        steps = [int(p.stem.split("_")[1]) for p in found if p.stem.split("_")[1].isdigit()]
+        return found[max(found)]
+    if step not in found:
         raise UserError(
-            f"checkpoint {path.name} not found in {run}, which holds steps "
-            f"{', '.join(map(str, steps))}; choose among them (--ckpt.step={steps[-1]}, or "
+            f"checkpoint step_{step:06d}.pt not found in {run}, which holds steps "
+            f"{', '.join(map(str, found))}; choose among them (--ckpt.step={max(found)}, or "
             "--ckpt.steps=[...], --ckpt.pre_step / --ckpt.post_step where the script takes several)"
         )
-    return path
+    return found[step]
 
 
 def load_from_section(

@@ -79,8 +79,9 @@ class OodSection:
 
 @dataclass
 class OodConfig(AnalysisConfig):
+    script = "ood"  # outputs: results/<run folder name>/ood
+
     seed: int = opt(0, "seed of the sampled matrices (the same at every point)")
-    out_dir: str = opt("results/ood", "output folder (relative: the repo root)")
     ood: OodSection = field(default_factory=OodSection)
 
 

@@ -85,7 +85,8 @@ class PatchSection:
 
 @dataclass
 class Config(AnalysisConfig):
-    out_dir: str = opt("results/patch", "output folder; relative paths from the repo root")
+    script = "patch"  # outputs: results/<run folder name>/patch
+
     patch: PatchSection = field(default_factory=PatchSection)
 
 

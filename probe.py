@@ -74,7 +74,8 @@ class ProbeSection:
 
 @dataclass
 class Config(AnalysisConfig):
-    out_dir: str = opt("results/probe", "output folder; relative paths from the repo root")
+    script = "probe"  # outputs: results/<run folder name>/probe
+
     probe: ProbeSection = field(default_factory=ProbeSection)
 
 

@@ -70,7 +70,8 @@ class SwitchSection:
 
 @dataclass
 class Config(AnalysisConfig):
-    out_dir: str = opt("results/switch_models", "output folder; relative paths from the repo root")
+    script = "switch_models"  # outputs: results/<run folder name>/switch_models
+
     ckpt: PrePostCkptSection = field(default_factory=PrePostCkptSection)
     switch: SwitchSection = field(default_factory=SwitchSection)
 

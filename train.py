@@ -125,8 +125,8 @@ class TrainConfig:
         stem = Path(config_path).stem if config_path else "train"
         if self.train.out_dir is None:
             self.train.out_dir = f"runs/{stem}"
-        if self.wandb.name is None:
-            self.wandb.name = stem
+        if self.wandb.name is None:  # the run folder's: a sweep's runs are named by overrides
+            self.wandb.name = Path(self.train.out_dir).name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,8 +422,10 @@ def fit(cfg, trainer: Trainer, out_dir: Path, resume_from: dict | None) -> dict:
     trainer.on_resume(trainer.step_count, out_dir)
     utils.save_config(cfg, out_dir)
     # group: the folder's name, which the analyses of this run use as their group too
+    config = utils.config_to_dict(cfg)
+    resuming = bool(resume_from)
     run = utils.init_wandb(
-        cfg.wandb, utils.config_to_dict(cfg), out_dir, job_type="train", group=out_dir.name
+        cfg.wandb, config, out_dir, job_type="train", group=out_dir.name, resuming=resuming
     )
     save_at = set(t.save_steps) | {t.steps}
     # The clock goes on from the checkpoint's time (a run stopped between two logging steps saved

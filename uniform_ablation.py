@@ -66,9 +66,8 @@ class AblationSection:
 
 @dataclass
 class Config(AnalysisConfig):
-    out_dir: str = opt(
-        "results/uniform_ablation", "output folder; relative paths from the repo root"
-    )
+    script = "uniform_ablation"  # outputs: results/<run folder name>/uniform_ablation
+
     ablation: AblationSection = field(default_factory=AblationSection)
 
 

@@ -45,3 +45,46 @@ def test_too_many_positions_is_refused_before_writing(name, tiny_run, tmp_path):
         module.main(cfg)
     assert previous.read_text() == "a previous run's config\n"
     assert [p.name for p in previous.parent.iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_the_default_output_folder_is_named_after_the_run(name, tmp_path):
+    """Catches an analysis whose default output folder ignores the run (analysing a second run
+    would land in the first one's folder): results/<run folder name>/<script>."""
+    module = importlib.import_module(name)
+    schema = typing.get_type_hints(module.main)["cfg"]
+    cfg = utils.load_config(schema, ROOT / "configs" / f"{name}.yaml", ["ckpt.run=runs/seed_7"])
+    assert cfg.out_dir == f"results/seed_7/{name}"
+    if name == "copy_check":  # files named instead of a run: their folder's name
+        files = utils.load_config(schema, ROOT / "configs/copy_check.yaml", ["ckpt.paths=[a/b.pt]"])
+        assert files.out_dir == "results/a/copy_check"
+
+
+def test_a_folder_with_another_runs_results_is_refused(tiny_run, tmp_path):
+    """Catches a second run's analysis written over the first one's figures: the folder whose
+    config.yaml names another run is refused with one line and left as it was; the same run's
+    results are replaced."""
+    import copy_check
+
+    run, _ = tiny_run
+    out = tmp_path / "out"
+
+    def analyse(source):
+        cfg = utils.load_config(
+            copy_check.CopyCheckConfig,
+            ROOT / "configs/copy_check.yaml",
+            [f"ckpt.run={source}", "ckpt.steps=[20]", f"out_dir={out}", "device=cpu"]
+            + ["data.num_samples=16"],
+        )
+        return copy_check.main(cfg)
+
+    analyse(run)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    analyse(run)  # the same run again: fine
+    other = tmp_path / "other"
+    other.symlink_to(run, target_is_directory=True)
+    with pytest.raises(UserError, match="holds results of another run") as err:
+        analyse(other)
+    assert "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()}.keys() == before.keys()
+    assert (out / "config.yaml").read_bytes() == before["config.yaml"]

@@ -48,3 +48,15 @@ def test_committed_results_hold_no_machine_paths():
                 for m in re.findall(r"/(?:tmp|root|home|work)/\S+", text)
             ]
     assert not found, found[:5]
+
+
+def test_citation_file_cites_the_paper():
+    """Catches a CITATION.cff that no longer parses (GitHub's "Cite this repository" breaks)
+    or that cites something else."""
+    import yaml
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    paper = cff["preferred-citation"]
+    assert cff["cff-version"] == "1.2.0" and paper["year"] == 2024
+    assert paper["title"] == "Abrupt Learning in Transformers: A Case Study on Matrix Completion"
+    assert [a["family-names"] for a in paper["authors"]] == ["Gopalani", "Lubana", "Hu"]

@@ -621,3 +621,14 @@ def test_a_run_resumed_between_logging_steps_keeps_its_clock(tmp_path, monkeypat
     train.main(tiny_config(tmp_path, "train.save_steps=[12]", "train.resume=true"))
     resumed = {r["step"]: r["time"] for r in utils.read_metrics(run / "metrics.jsonl")}
     assert resumed[10] == logged[10] and resumed[15] >= saved
+
+
+def test_a_long_overrides_folder_name_is_cut_but_stays_unique():
+    """Catches a sweep run whose {overrides} folder name exceeds what a file system takes (255
+    bytes; seen with a SLURM array's extra overrides), and a cut that makes two runs share one."""
+    many = [f"model.hidden_size={32 + i}" for i in range(40)]
+    slug = utils.overrides_slug(many, skip="train.out_dir")
+    assert len(slug) <= 120 and slug == utils.overrides_slug(many, skip="train.out_dir")
+    other = utils.overrides_slug([*many[:-1], "model.hidden_size=999"], skip="train.out_dir")
+    assert other != slug and other[:100] == slug[:100]
+    assert utils.overrides_slug(["train.seed=1"], skip="x") == "train.seed=1"  # short: unchanged

@@ -3,13 +3,11 @@ files' command lines. No network and no W&B account: runs are written under out_
 
 from __future__ import annotations
 
-import itertools
 import shlex
 import subprocess
 import sys
 
 import pytest
-import yaml
 from conftest import ROOT, TINY, read_wandb_run, tiny_config
 
 import train
@@ -126,25 +124,12 @@ def test_every_analysis_logs_its_tables_figures_and_summary(script, tiny_run, tm
 # Sweep files
 
 
-def sweep_commands(path) -> list[list[str]]:
-    """The command lines a W&B agent runs for a grid sweep file: its `command` with ${env}
-    dropped, ${program} the program and ${args} the run's values as --key=value (W&B's form)."""
-    spec = yaml.safe_load(path.read_text())
-    assert spec["method"] == "grid"
-    names = list(spec["parameters"])
-    grids = [spec["parameters"][k]["values"] for k in names]
-    commands = []
-    for values in itertools.product(*grids):
-        cmd = []
-        for part in spec["command"]:
-            if part == "${env}":
-                continue
-            if part == "${args}":
-                cmd += [f"--{k}={v}" for k, v in zip(names, values)]
-            else:
-                cmd.append(part.replace("${program}", spec["program"]))
-        commands.append(cmd)
-    return commands
+def sweep_commands(path):
+    """The command lines a W&B agent runs for a grid sweep file (scripts/slurm_sweep.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import slurm_sweep
+
+    return slurm_sweep.grid_commands(path)
 
 
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -174,3 +159,35 @@ def test_a_tiny_sweep_command_runs(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, shlex.join(cmd) + "\n" + done.stderr[-2000:]
     assert (tmp_path / "r" / "summary.json").is_file()
+
+
+def test_a_run_stopped_and_resumed_is_one_wandb_run(tmp_path, offline):
+    """Catches a resumed run (a requeued sweep job) starting a second W&B run instead of
+    continuing its own: both parts must carry one run id, the one kept in the run folder, and
+    be named after the run folder (under a sweep agent: its overrides), not the config's stem."""
+    first = tiny_config(tmp_path, "wandb.log=true", "train.steps=10", "train.save_steps=[10]")
+    train.main(first)
+    resumed = tiny_config(tmp_path, "wandb.log=true", "train.resume=true")
+    train.main(resumed)
+    folder = tmp_path / "run"
+    parts = sorted((folder / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2
+    ids = set()
+    for part in parts:
+        (log,) = part.glob("run-*.wandb")
+        ids.add(log.name[len("run-") : -len(".wandb")])
+    assert ids == {(folder / utils.tracking.RUN_ID_FILE).read_text().strip()}
+    assert read_wandb_run_named(parts[-1])["run"].display_name == "run"
+    fresh = tiny_config(tmp_path / "new", "wandb.log=true", "train.resume=true")
+    train.main(fresh)  # no checkpoint to resume from: step 0 and a W&B run of its own
+    assert (tmp_path / "new/run" / utils.tracking.RUN_ID_FILE).read_text() not in ids
+
+
+def read_wandb_run_named(part):
+    """read_wandb_run on one offline run folder (a run folder can hold several)."""
+    import shutil
+
+    single = part.parent.parent / f"single-{part.name}"
+    (single / "wandb").mkdir(parents=True)
+    shutil.copytree(part, single / "wandb" / part.name)
+    return read_wandb_run(single)

@@ -12,6 +12,7 @@ passes, multi-line errors), pydantic-settings and Hydra each lose a guarantee th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -190,6 +191,7 @@ def load_config(cls: type, path: str | Path, overrides: list[str] = ()) -> Any:
 
 
 OVERRIDES_FIELD = "{overrides}"
+MAX_SLUG = 120
 
 
 def overrides_slug(overrides: list[str], skip: str) -> str:
@@ -201,7 +203,10 @@ def overrides_slug(overrides: list[str], skip: str) -> str:
     parts = [o for o in overrides if o.partition("=")[0] not in ignored]
     parts = [o for o in parts if not o.startswith("wandb.")]
     slug = "_".join(parts) or "defaults"
-    return "".join(c if c.isalnum() or c in "._=+-" else "-" for c in slug)
+    slug = "".join(c if c.isalnum() or c in "._=+-" else "-" for c in slug)
+    if len(slug) > MAX_SLUG:  # a folder name has at most 255 bytes: cut, keep it unique
+        slug = f"{slug[: MAX_SLUG - 11]}-{hashlib.sha1(slug.encode()).hexdigest()[:10]}"
+    return slug
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
-from utils.config import config_to_dict, resolve_path
+from utils.config import UserError, config_to_dict, resolve_path
 from utils.runs import atomic_write_text, make_dir, write_json
+from utils.sections import source
 from utils.tracking import log_analysis
 
 
@@ -57,8 +58,24 @@ def render(document: Document) -> str:
 
 def prepare_output(out_dir: str | Path, cfg: Any) -> Path:
     """Create the output folder (anchored at the repo root) and save the resolved config there.
-    Call it only once every input has been checked: it writes config.yaml."""
-    path = make_dir(resolve_path(out_dir), "out_dir")
+    Call it only once every input has been checked: it writes config.yaml. A folder whose
+    config.yaml names another source of checkpoints (an analysis of another run) is refused, so
+    that two runs' figures never mix; the same run's results are replaced."""
+    path = resolve_path(out_dir)
+    previous = path / "config.yaml"
+    if hasattr(cfg, "source") and previous.is_file():
+        try:
+            ckpt = (yaml.safe_load(previous.read_text()) or {}).get("ckpt") or {}
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+            ckpt = {}
+        files = [ckpt.get(k) for k in ("path", "pre_path", "post_path")] + ckpt.get("paths", [])
+        theirs = source(ckpt.get("run", ""), files) if ckpt.get("run") or any(files) else None
+        if theirs is not None and theirs != cfg.source():
+            raise UserError(
+                f"{path} holds results of another run ({theirs}); choose another --out_dir "
+                "(nothing was written)"
+            )
+    path = make_dir(path, "out_dir")
     save_config(cfg, path)
     return path
 

@@ -4,14 +4,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
-from utils.config import UserError, opt
+from utils.config import UserError, opt, resolve_path
 from utils.tracking import WandbConfig
 
 
 def _check_heads_option(heads: int | None) -> None:
     if heads is not None and heads < 1:
         raise UserError(f"'ckpt.num_attention_heads' must be ≥ 1 or null, got {heads}")
+
+
+def source(run: str, files: list[str | None]) -> str:
+    """Where a ckpt section's models come from: the files it names, else the run folder."""
+    named = [str(resolve_path(f)) for f in files if f]
+    return ", ".join(named) if named else str(resolve_path(run))
+
+
+def source_name(run: str, files: list[str | None]) -> str:
+    """The name an output folder takes after that source: the run folder's (or, for files, the
+    first file's folder's)."""
+    named = [f for f in files if f]
+    return resolve_path(named[0]).parent.name if named else resolve_path(run).name
 
 
 @dataclass
@@ -25,6 +40,9 @@ class CkptSection:
 
     def __post_init__(self) -> None:
         _check_heads_option(self.num_attention_heads)
+
+    def files(self) -> list[str | None]:
+        return [self.path]
 
 
 @dataclass
@@ -40,6 +58,9 @@ class StepsCkptSection:
 
     def __post_init__(self) -> None:
         _check_heads_option(self.num_attention_heads)
+
+    def files(self) -> list[str | None]:
+        return list(self.paths)
 
     def sections(self) -> list[CkptSection]:
         """One `ckpt` section per checkpoint, for model.load_from_section."""
@@ -65,6 +86,9 @@ class PrePostCkptSection:
 
     def __post_init__(self) -> None:
         _check_heads_option(self.num_attention_heads)
+
+    def files(self) -> list[str | None]:
+        return [self.pre_path, self.post_path]
 
     def sections(self) -> dict[str, CkptSection]:
         """{"pre": section, "post": section}, for model.load_from_section."""
@@ -96,11 +120,26 @@ class AnalysisData:
 @dataclass
 class AnalysisConfig:
     """The head every analysis config starts with; a script's config extends it with its own
-    section (and may narrow `ckpt` to several checkpoints or give `out_dir` its own default)."""
+    section (and may narrow `ckpt` to several checkpoints), and names its `script`, the folder
+    its outputs go to by default: results/<the training run's folder name>/<script>."""
+
+    script: ClassVar[str] = "analysis"
 
     seed: int = opt(0, "seed of the sampled matrices (the same for every checkpoint)")
     device: str = opt("auto", "auto (cuda, mps, cpu) or a torch device name")
-    out_dir: str = opt("results/analysis", "output folder; relative paths from the repo root")
+    out_dir: str | None = opt(
+        None,
+        "output folder (relative: the repo root); null: results/<run folder name>/<script>. "
+        "A folder holding another run's results is refused",
+    )
     ckpt: CkptSection = field(default_factory=CkptSection)
     data: AnalysisData = field(default_factory=AnalysisData)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def finalize(self, config_path: Path | None = None) -> None:
+        if self.out_dir is None:
+            self.out_dir = f"results/{source_name(self.ckpt.run, self.ckpt.files())}/{self.script}"
+
+    def source(self) -> str:
+        """Where this analysis's models come from (what an output folder is tied to)."""
+        return source(self.ckpt.run, self.ckpt.files())

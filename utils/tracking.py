@@ -4,6 +4,7 @@ offline), and what training runs and analyses log. wandb is imported only when l
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from utils.config import UserError, config_to_dict, opt
 from utils.plots import pyplot
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+RUN_ID_FILE = "wandb_run_id.txt"  # a training run's W&B id, beside its checkpoints
 
 
 @dataclass
@@ -20,7 +22,9 @@ class WandbConfig:
     project: str = opt("tf-matcomp", "W&B project")
     entity: str | None = opt(None, "W&B entity (team or user); null: your default")
     name: str | None = opt(
-        None, "run name; null: train.py the config's stem, an analysis <script>-<run folder>"
+        None,
+        "run name; null: a training run the name of its folder (a sweep's run: its overrides), "
+        "an analysis <script>-<run folder>",
     )
     mode: str = opt("auto", "auto: online with credentials, else offline", WANDB_MODES)
 
@@ -63,13 +67,25 @@ def init_wandb(
     job_type: str | None = None,
     group: str | None = None,
     name: str | None = None,
+    resuming: bool | None = None,
 ) -> Any:
     """Start a W&B run (or return None when `section.log` is off). Credentials come only from
-    the environment or `wandb login`; with none the run is written offline under `out_dir`."""
+    the environment or `wandb login`; with none the run is written offline under `out_dir`.
+
+    With `resuming` given (a training run), the run's W&B id lives in `out_dir/RUN_ID_FILE`: a
+    run resumed from a checkpoint continues the W&B run it started (`resume="allow"`), so a
+    stopped and requeued sweep run stays one W&B run; one that starts at step 0 gets a new id."""
     if not section.log:
         return None
     wandb = _wandb()
     mode = wandb_mode(section.mode)
+    run_id = None
+    if resuming is not None:
+        path = Path(out_dir) / RUN_ID_FILE
+        run_id = path.read_text().strip() if resuming and path.is_file() else None
+        if not run_id:
+            run_id = secrets.token_hex(4)  # eight characters W&B takes as a run id
+            path.write_text(run_id + "\n")
     run = wandb.init(
         project=section.project,
         entity=section.entity,
@@ -79,6 +95,8 @@ def init_wandb(
         mode=mode,
         job_type=job_type,
         group=group,
+        id=run_id,
+        resume="allow" if run_id else None,
     )
     if mode == "offline":
         print(f"W&B: logging offline; upload later with: wandb sync {Path(run.dir).parent}")

@@ -75,8 +75,8 @@ class GPTTrainConfig:
         stem = Path(config_path).stem if config_path else "gpt"
         if self.train.out_dir is None:
             self.train.out_dir = f"runs/{stem}"
-        if self.wandb.name is None:
-            self.wandb.name = stem
+        if self.wandb.name is None:  # the run folder's: a sweep's runs are named by overrides
+            self.wandb.name = Path(self.train.out_dir).name
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""A W&B sweep file's grid as a SLURM job array that survives time limits and requeues.
+
+    python3 scripts/slurm_sweep.py configs/sweeps/paper_seeds.yaml OUT_DIR \
+        [--time 04:00:00] [--gpus 1] [--cpus 8] [--partition NAME] [--set KEY=VALUE ...]
+    sbatch OUT_DIR/sweep.sbatch
+
+Writes OUT_DIR/commands.txt (one train.py command per grid point, expanded as a W&B agent would:
+the sweep file's `command` with each run's values as `--key=value`; `--set` appends an override to
+every one, e.g. `--set train.device=cuda`) and OUT_DIR/sweep.sbatch, an array job with one task
+per command. SLURM sends SIGTERM two minutes before the time limit (`--signal=B:TERM@120`); the
+task passes it to train.py, which finishes its step and saves a checkpoint and summary, then asks
+SLURM to requeue the task (`scontrol requeue`); the requeued task runs the same command, whose
+`--train.resume=true` continues from that checkpoint (the same W&B run: train.py keeps its id).
+Logs go to OUT_DIR/logs/. Nothing here needs W&B access: runs log offline without credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+
+TEMPLATE = """#!/usr/bin/env bash
+#SBATCH --job-name={name}
+#SBATCH --array=0-{last}
+#SBATCH --requeue
+#SBATCH --signal=B:TERM@120
+#SBATCH --output={logs}/%A_%a.out
+{resources}
+# One task per line of commands.txt (scripts/slurm_sweep.py made this file from {sweep}).
+set -u
+cd {root}
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands})
+eval "set -- $line"  # the words of this task's command, quoted as commands.txt quotes them
+"$@" &  # train.py itself is the child: the signal below reaches it
+child=$!
+task="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
+# At the time limit: let train.py save (it exits 130), then requeue this task to resume.
+trap 'kill -TERM "$child"; wait "$child"; scontrol requeue "$task"; exit 0' TERM
+wait "$child"
+"""
+
+
+def grid_commands(path: Path, extra: list[str] = ()) -> list[list[str]]:
+    """The command lines a W&B agent runs for a grid sweep file: its `command` with ${env}
+    dropped, ${program} the program and ${args} the run's values as --key=value (W&B's form),
+    then `extra` overrides."""
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise utils.UserError(f"cannot read the sweep file {path} ({e})") from None
+    if not isinstance(spec, dict) or spec.get("method") != "grid":
+        raise utils.UserError(f"{path}: only grid sweeps expand into a job array")
+    names = list(spec["parameters"])
+    grids = [spec["parameters"][k]["values"] for k in names]
+    commands = []
+    for values in itertools.product(*grids):
+        cmd = []
+        for part in spec["command"]:
+            if part == "${env}":
+                continue
+            if part == "${args}":
+                cmd += [f"--{k}={v}" for k, v in zip(names, values)]
+            else:
+                cmd.append(part.replace("${program}", spec["program"]))
+        commands.append(cmd + [f"--{o}" for o in extra])
+    return commands
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep", help="a grid sweep file, e.g. configs/sweeps/paper_seeds.yaml")
+    p.add_argument("out", help="folder for commands.txt, sweep.sbatch and logs/")
+    p.add_argument("--time", default="04:00:00", help="each task's time limit (SLURM --time)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per task (0: none)")
+    p.add_argument("--cpus", type=int, default=8, help="CPU cores per task")
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every command")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> Path:
+    args = parse_args(argv)
+    commands = grid_commands(utils.resolve_path(args.sweep), args.set)
+    out = utils.make_dir(utils.resolve_path(args.out), "OUT_DIR")
+    logs = utils.make_dir(out / "logs", "OUT_DIR/logs")
+    utils.atomic_write_text(out / "commands.txt", "".join(shlex.join(c) + "\n" for c in commands))
+    resources = [f"#SBATCH --time={args.time}", f"#SBATCH --cpus-per-task={args.cpus}"]
+    resources += [f"#SBATCH --gres=gpu:{args.gpus}"] if args.gpus else []
+    resources += [f"#SBATCH --partition={args.partition}"] if args.partition else []
+    script = TEMPLATE.format(
+        name=f"tf-matcomp-{Path(args.sweep).stem}",
+        last=len(commands) - 1,
+        logs=shlex.quote(str(logs)),
+        resources="\n".join(resources),
+        sweep=args.sweep,
+        root=shlex.quote(str(ROOT)),
+        commands=shlex.quote(str(out / "commands.txt")),
+    )
+    utils.atomic_write_text(out / "sweep.sbatch", script)
+    print(f"{len(commands)} tasks; submit with: sbatch {out / 'sweep.sbatch'}")
+    return out / "sweep.sbatch"
+
+
+if __name__ == "__main__":
+    utils.run_script(main)
