@@ -320,15 +320,21 @@ def line_verdict(results: dict) -> dict:
     """For the row and column targets: the mates R² at the first and last layer and its rise; and
     `better_axis`, the one of the two this model's last layer holds better (the transposition
     question): row or column when its mates R² is above AXIS_MARGIN and above the other's by
-    AXIS_MARGIN, else neither."""
+    AXIS_MARGIN, else neither. An R² that is undefined (None: an SST of 0, or a non-finite fit)
+    gives a rise of None, and then the axis is neither."""
     out = {}
     for kind in LINES:
-        if kind in results and results[kind][-1].get("test_r2_mates") is not None:
-            first, last = results[kind][1]["test_r2_mates"], results[kind][-1]["test_r2_mates"]
-            out[kind] = {"first_layer": first, "last_layer": last, "rise": last - first}
+        if kind in results:
+            first = results[kind][1].get("test_r2_mates")
+            last = results[kind][-1].get("test_r2_mates")
+            rise = None if first is None or last is None else last - first
+            out[kind] = {"first_layer": first, "last_layer": last, "rise": rise}
     if len(out) == 2:
         row, col = out["row"]["last_layer"], out["column"]["last_layer"]
-        out["better_axis"] = utils.better_axis(row, col, AXIS_MARGIN, floor=AXIS_MARGIN)
+        if out["row"]["rise"] is None or out["column"]["rise"] is None:
+            out["better_axis"] = "neither"
+        else:
+            out["better_axis"] = utils.better_axis(row, col, AXIS_MARGIN, floor=AXIS_MARGIN)
     return out
 
 
@@ -356,16 +362,17 @@ def main(cfg: Config) -> dict:
         columns = [c for c in rows[0] if c != "layer"]
         document += [kind, utils.Table(rows, ["layer", *columns])]
     if "better_axis" in verdict:
+        row, col = verdict["row"], verdict["column"]
+        if verdict["better_axis"] != "neither":
+            why = f"the last layer holds the {verdict['better_axis']}s better."
+        elif row["rise"] is None or col["rise"] is None:
+            why = "a mates R² is undefined (—), so neither is named."
+        else:
+            why = f"neither is held better by more than {AXIS_MARGIN}."
         document.append(
-            f"row-mates R² {utils.fmt(verdict['row']['first_layer'])} → "
-            f"{utils.fmt(verdict['row']['last_layer'])}, column-mates R² "
-            f"{utils.fmt(verdict['column']['first_layer'])} → "
-            f"{utils.fmt(verdict['column']['last_layer'])} (layer 1 → {len(results['row']) - 1}): "
-            + (
-                f"the last layer holds the {verdict['better_axis']}s better."
-                if verdict["better_axis"] != "neither"
-                else f"neither is held better by more than {AXIS_MARGIN}."
-            )
+            f"row-mates R² {utils.fmt(row['first_layer'])} → {utils.fmt(row['last_layer'])}, "
+            f"column-mates R² {utils.fmt(col['first_layer'])} → {utils.fmt(col['last_layer'])} "
+            f"(layer 1 → {len(results['row']) - 1}): {why}"
         )
     print(utils.render(document))
     draw_figures(summary, out_dir)

@@ -30,6 +30,8 @@ summary.json and config.yaml.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,14 +141,22 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
 def control_sets(
     chosen: list[tuple[int, int]], layers: int, heads: int, count: int, seed: int
 ) -> list[list[tuple[int, int]]]:
-    """`count` random sets of len(chosen) heads drawn from the heads not in `chosen` (seeded):
-    what ablating arbitrary heads does, beside ablating the chosen ones."""
+    """`count` different random sets of len(chosen) heads drawn from the heads not in `chosen`
+    (seeded): what ablating arbitrary heads does, beside ablating the chosen ones. When fewer
+    different sets exist than `count`, all of them (each once)."""
     others = [(i, h) for i in range(layers) for h in range(heads) if (i, h) not in chosen]
-    if not chosen or len(others) < len(chosen):
+    k = len(chosen)
+    if not chosen or len(others) < k or count < 1:
         return []
+    if math.comb(len(others), k) <= count:
+        return [list(c) for c in itertools.combinations(others, k)]
     g = torch.Generator().manual_seed(seed)
-    picks = [torch.randperm(len(others), generator=g)[: len(chosen)].tolist() for _ in range(count)]
-    return [sorted(others[j] for j in pick) for pick in picks]
+    sets: list[list[tuple[int, int]]] = []
+    while len(sets) < count:
+        pick = sorted(others[j] for j in torch.randperm(len(others), generator=g)[:k].tolist())
+        if pick not in sets:  # a repeated draw would be a control counted twice
+            sets.append(pick)
+    return sets
 
 
 def main(cfg: Config) -> dict:

@@ -203,3 +203,58 @@ def test_an_authors_head_outside_this_model_says_how_to_skip_it(tiny_run, tmp_pa
     with pytest.raises(UserError, match=r"layer 2 outside 0\.\.1 .*att_maps\.col_head=\[\] skips"):
         att_maps.main(cfg)
     assert not utils.resolve_path(cfg.out_dir).exists()
+
+
+def _shares_grid(layers: int, heads: int) -> dict:
+    """Shares [L, H] in which every cell is different: row = 10·layer + head, col = −that."""
+    cells = torch.tensor([[10.0 * i + h for h in range(heads)] for i in range(layers)])
+    return {"row": cells, "col": -cells, "self": cells / 100}
+
+
+def test_the_authors_heads_and_the_head_table_read_the_right_cells():
+    """Catches the authors' [layer, head] read as [head, layer] or the row head's numbers given
+    for the column head, and the per-head table (heads.md, summary.json) out of order: on a
+    2 × 4 grid whose cells all differ, each number must come from its own cell."""
+    shares = _shares_grid(2, 4)
+    shares.update(observed=shares["row"] / 1000, hidden=1 - shares["row"] / 1000)
+    chance = chance_shares(2, 4, 0.7)  # 2×4 matrices: row and column chance differ
+    claim = att_maps.claim_numbers(shares, chance, (1, 0), (0, 3))
+    want = {"layer": 1, "head": 0, "row": 10.0, "col": -10.0}
+    assert claim["row_head"] == {**want, "chance_row": 3 / 8, "chance_col": 1 / 8}
+    assert (claim["col_head"]["row"], claim["col_head"]["col"]) == (3.0, -3.0)
+    assert set(att_maps.claim_numbers(shares, chance, None, (0, 3))) == {"col_head"}
+    roles = [["row", "other", "self", "other"], ["other", "column", "row", "other"]]
+    rows = att_maps.head_rows(20, shares, roles)
+    assert [(r["layer"], r["head"]) for r in rows] == [(i, h) for i in range(2) for h in range(4)]
+    for r in rows:
+        assert r["row"] == 10 * r["layer"] + r["head"] and r["role"] == roles[r["layer"]][r["head"]]
+    assert att_maps.by_role(roles) == {
+        "row": [[0, 0], [1, 2]],
+        "column": [[1, 1]],
+        "self": [[0, 2]],
+    }
+
+
+def test_shares_over_batches_weigh_every_matrix_the_same():
+    """Catches shares averaged per batch (a batch of 1 matrix weighing as much as one of 5): the
+    shares over batches of 3, 5 and 1 matrices must equal those over all 9 in one batch."""
+    from model import MatrixBert
+    from modeling_bert import BertConfig
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 16, "intermediate_size": 16, "max_position_embeddings": 16}
+    model = MatrixBert(BertConfig(num_hidden_layers=2, num_attention_heads=2, **sizes)).eval()
+    with torch.no_grad():  # sharper patterns than at initialisation, so matrices differ
+        for layer in model.backbone.encoder.layer:
+            layer.attention.self.query.weight.mul_(40)
+    sampler = MatrixSampler(DataConfig(m=3, n=3, rank=1), seed=0)
+    batches = [sampler.sample(b) for b in (3, 5, 1)]
+    ids, target, observed = (
+        torch.cat([getattr(b, key) for b in batches]) for key in ("input_ids", "target", "observed")
+    )
+    whole = attention_summary(model, [Batch(ids, target, observed, 3, 3)])
+    split = attention_summary(model, batches)
+    for key in SHARES:
+        torch.testing.assert_close(split["shares"][key], whole["shares"][key])
+    assert split["losses"] == pytest.approx(whole["losses"])
+    assert split["observed_fraction"] == pytest.approx(observed.float().mean().item())

@@ -1,6 +1,8 @@
+import dataclasses
 import json
 import math
 
+import pytest
 import torch
 from conftest import ROOT
 from torch import nn
@@ -99,3 +101,23 @@ def test_replacement_tokens_come_from_the_tokenizer():
     assert (by_name["0.44 at hidden"].input_ids[hidden] == 1045).all()  # data.py's worked example
     assert (by_name["-0.24 at hidden"].input_ids[hidden] == 977).all()
     assert torch.equal(by_name["0.44 at hidden"].input_ids[~hidden], batch.input_ids[~hidden])
+
+
+def test_measure_on_a_worked_example():
+    """Catches mse_to_value taken over every entry, as an absolute error, or against the true
+    matrix, and the losses mixed up: two hidden entries predicted 0.5 and 0.0 with v = 0.25 at
+    hidden entries give ((0.25)² + (0.25)²) / 2 = 0.0625."""
+    target = torch.tensor([[1.0, 0.2, -0.4, 0.0]])
+    observed = torch.tensor([[True, False, True, False]])
+    pred = torch.tensor([[1.0, 0.5, -0.2, 0.0]])
+    c = copy_check.Condition("0.25 at hidden", torch.zeros(1, 4), target, observed, 0.25)
+    got = copy_check.measure(pred, c)
+    assert got == pytest.approx(
+        {
+            "loss": (0 + 0.09 + 0.04 + 0) / 4,
+            "loss_obs": (0 + 0.04) / 2,
+            "loss_mask": (0.09 + 0) / 2,
+            "mse_to_value": (0.25**2 + 0.25**2) / 2,
+        }
+    )
+    assert copy_check.measure(pred, dataclasses.replace(c, value=None))["mse_to_value"] is None

@@ -134,3 +134,27 @@ def test_ipm_is_as_accurate_as_its_tolerance():
     assert solved.all()
     off = (x - _plain_cvxpy(values, observed)).abs().max().item()
     assert off < 2e-5, f"the IPM is {off:.2g} from a tight Clarabel solve"
+
+
+def test_compare_with_on_a_worked_example(monkeypatch):
+    """Catches the comparison's numbers (compare_nuc_bert.py's table and figure, ood.py's) taken
+    over the matrices the solver did not solve, the BERT's and the minimiser's columns swapped,
+    or the nuclear norm of the wrong matrix. Matrix 0 is diag(1, 0.5) (nuclear norm 1.5), matrix
+    1 all 0.5 (rank 1, nuclear norm 1.0), matrix 2 unsolved; the "BERT" predicts 2 × the truth
+    and the stand-in solver returns 0.5 × the truth."""
+    from data import make_batch
+
+    values = torch.tensor([[[1.0, 0.0], [0.0, 0.5]], [[0.5, 0.5], [0.5, 0.5]], [[1.5, -1.5]] * 2])
+    seen = [[[True, False], [True, True]], [[True, True], [False, True]], [[True, False]] * 2]
+    observed = torch.tensor(seen)
+    batch = make_batch(values, observed, DataConfig(m=2, n=2, rank=1))
+    solved = torch.tensor([True, True, False])
+    monkeypatch.setattr(cvx_nuc_norm, "complete", lambda v, o, lam, solver: (0.5 * v, solved))
+    row = cvx_nuc_norm.compare_with(2 * batch.target, batch, "ipm")
+    # squared errors of the BERT (error = the truth): matrix 0: 1, 0, 0, 0.25; matrix 1: 0.25 ×4;
+    # hidden entries: (0, 1) of matrix 0 (0) and (1, 0) of matrix 1 (0.25)
+    want = {"bert_loss": 2.25 / 8, "bert_loss_obs": 2.0 / 6, "bert_loss_mask": 0.25 / 2}
+    want.update({k.replace("bert", "nuc"): v / 4 for k, v in want.items()})  # error: the truth / 2
+    want.update(bert_norm=2 * 1.25, nuc_norm=0.5 * 1.25, true_norm=1.25, unsolved=1)
+    assert {k: row[k] for k in want} == pytest.approx(want)
+    assert row["solver_wall_s"] >= 0 and row["solver_cpu_s"] >= 0

@@ -259,3 +259,147 @@ def test_redraw_redraws_each_exp_type_or_says_what_was_not_saved(tiny_run, tmp_p
     (out / "summary.json").write_text(json.dumps(summary))
     _, written, notes = redraw(out)
     assert written == [] and len(notes) == 2 and "pos_progress_row.png" in notes[1]
+
+
+def test_pc_separation_reads_each_pc_against_each_target():
+    """Catches the PCs or the targets swapped (the max over both PCs in the test above does not
+    see it): PC1 = |v| and PC2 = sign v exactly, on a grid symmetric about 0 where |v| and
+    sign v are uncorrelated, give 1 and 0 in the four cells."""
+    values = np.arange(-150, 151) / 100
+    pcs = np.stack([np.abs(values), np.sign(values)], axis=1)
+    sep = embed.pc_separation(pcs, values)
+    assert sep == pytest.approx(
+        {
+            "pc1_abs_corr_magnitude": 1.0,
+            "pc1_abs_corr_sign": 0.0,
+            "pc2_abs_corr_magnitude": 0.0,
+            "pc2_abs_corr_sign": 1.0,
+        },
+        abs=1e-12,
+    )
+
+
+def test_value_bins_on_a_worked_example():
+    """Catches bins off by one at their edges or labels that do not close the last bin: three
+    bins over [−1.5, 1.5] have edges −0.5 and 0.5, each bin holding its lower edge."""
+    which, labels = embed.value_bins(np.array([-1.5, -0.5, 0.49, 0.5, 1.5]), -1.5, 1.5, 3)
+    assert which.tolist() == [0, 1, 1, 2, 2]
+    assert labels == ["[-1.5, -0.5)", "[-0.5, 0.5)", "[0.5, 1.5]"]
+
+
+def _context(model, tmp_path, *overrides):
+    cfg = utils.load_config(
+        embed.EmbedConfig, ROOT / "configs" / "embed.yaml", ["device=cpu", *overrides]
+    )
+    data_cfg = data.DataConfig(m=3, n=3, rank=1)
+    values, ids = embed.value_tokens(data_cfg, -0.03, 0.03)
+    return embed.Context(cfg, model, 7, data_cfg, values, ids, tmp_path, torch.device("cpu"))
+
+
+def _small_model():
+    from model import MatrixBert
+    from modeling_bert import BertConfig
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 8, "intermediate_size": 8, "max_position_embeddings": 16}
+    return MatrixBert(BertConfig(num_hidden_layers=1, num_attention_heads=2, **sizes)).eval()
+
+
+def test_token_norm_numbers_of_known_embeddings(tmp_path):
+    """Catches token_norm's table (Fig. 7's checks) read off the wrong values or tokens: the
+    embedding of v set to (2 + 10v) e₀ on v = −0.03 .. 0.03 gives norms 1.7 .. 2.3, smallest at
+    v = −0.03, pairs (v, −v) 0.2 / 2, 0.4 / 2, 0.6 / 2 apart (mean relative difference 0.2),
+    norm(v) and norm(−v) anticorrelated, and no correlation with |v|."""
+    model = _small_model()
+    ctx = _context(model, tmp_path)
+    table = model.backbone.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        for v, i in zip(ctx.values, ctx.ids):
+            table[i] = 0.0
+            table[i, 0] = 2 + 10 * v
+    summary, _ = embed.run_token_norm(ctx)
+    want = {"num_values": 7, "norm_min": 1.7, "norm_max": 2.3, "norm_mean": 2.0}
+    want.update(norm_argmin_value=-0.03, num_pairs=3, norm_symmetry_corr=-1.0)
+    want.update(norm_symmetry_rel_diff=0.2, norm_corr_abs_value=0.0)
+    assert {k: summary[k] for k in want} == pytest.approx(want, abs=1e-6)
+    assert summary["figure"]["norms"] == pytest.approx([1.7, 1.8, 1.9, 2.0, 2.1, 2.2, 2.3])
+    csv = (tmp_path / "token_norm.csv").read_text().splitlines()
+    assert csv[0] == "value,norm" and csv[1].startswith("-0.03,1.7")
+
+
+def test_permute_numbers_are_the_losses_under_each_permutation(tmp_path):
+    """Catches the permute table's numbers taken from the wrong loss or averaged wrongly: the loss
+    before is the model's on the script's matrices, each permutation's the loss with the
+    positional embeddings permuted by the seeded draw, the after-mean their mean, the ratio
+    after-mean / before, and moved_frac the share of positions a permutation moves."""
+    model = _small_model()
+    sizes = ["data.num_samples=6", "data.batch_size=4", "embed.num_permutations=3"]
+    ctx = _context(model, tmp_path, *sizes, "seed=3")
+    summary, _ = embed.run_permute(ctx)
+    batches = data.MatrixSampler(ctx.data_cfg, "cpu", seed=3).sample_many(6, 4, 3, 3)
+    before = evaluate(model, batches)
+    gen = torch.Generator().manual_seed(3)
+    after = []
+    for _ in range(3):
+        perm = torch.randperm(9, generator=gen)
+        with embed.permuted_positions(model, perm):
+            moved = (perm != torch.arange(9)).sum().item() / 9  # the share of 9 positions
+            after.append({**evaluate(model, batches), "moved": moved})
+    assert summary["loss_before"] == before["loss"]
+    assert summary["loss_mask_before"] == before["loss_mask"]
+    assert [p["loss"] for p in summary["permutations"]] == [a["loss"] for a in after]
+    moved = [p["moved_frac"] for p in summary["permutations"]]
+    assert moved == pytest.approx([a["moved"] for a in after])
+    mean = np.mean([a["loss"] for a in after])
+    assert summary["loss_after_mean"] == pytest.approx(mean)
+    assert summary["loss_after_std"] == pytest.approx(np.std([a["loss"] for a in after]))
+    assert summary["loss_obs_after_mean"] == pytest.approx(np.mean([a["loss_obs"] for a in after]))
+    assert summary["loss_ratio_after_before"] == pytest.approx(mean / before["loss"])
+
+
+def test_pos_norm_and_token_pca_numbers_of_known_embeddings(tmp_path):
+    """Catches pos_norm read off positions the matrix does not use (a 3×3 matrix uses rows 0..8
+    of the table) and token_pca's explained variances mixed up: positions p = 0..8 set to
+    (1 + p) e₀ have norms 1..9 (mean 5, std √(20/3)); value tokens spread along two orthogonal
+    directions with variances 4 and 4/9 explain 9/10 and 1/10 of the variance."""
+    model = _small_model()
+    ctx = _context(model, tmp_path)
+    with torch.no_grad():
+        pos = model.backbone.embeddings.position_embeddings.weight
+        pos.zero_()
+        pos[:9, 0] = torch.arange(1.0, 10.0)
+        pos[9:, 0] = 100.0  # rows the matrix does not use
+        table = model.backbone.embeddings.word_embeddings.weight
+        # 7 values: a = −3..3 (variance 4) and b ⊥ a, both of mean 0, b scaled to variance 4/9
+        b = torch.tensor([1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0]) * math.sqrt(7) / 3
+        for k, i in enumerate(ctx.ids):
+            table[i] = 0.0
+            table[i, 0], table[i, 1] = k - 3, b[k]
+    summary, _ = embed.run_pos_norm(ctx)
+    want = {"norm_min": 1.0, "norm_max": 9.0, "norm_mean": 5.0, "norm_std": math.sqrt(20 / 3)}
+    assert {k: summary[k] for k in want} == pytest.approx(want)
+    summary, _ = embed.run_token_pca(ctx)
+    assert summary["explained_variance_pc1"] == pytest.approx(0.9, abs=1e-6)
+    assert summary["explained_variance_pc2"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_token_progress_projects_every_step_on_the_final_components(tiny_run, tmp_path):
+    """Catches token_progress fitting a PCA per step (its panels then share no axes) or reading
+    the wrong checkpoint's embeddings: each step's numbers are its own embeddings projected on
+    the final checkpoint's top-2 components."""
+    run, _ = tiny_run
+    cfg = embed_config(tmp_path, run, "exp_type=token_progress")
+    final, ckpt = load_checkpoint(run / "step_000020.pt")
+    data_cfg = data.DataConfig(**ckpt["config"]["data"])
+    values, ids = embed.value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
+    ctx = embed.Context(cfg, final, 20, data_cfg, values, ids, tmp_path, torch.device("cpu"))
+    summary, rows = embed.run_token_progress(ctx)
+    pca = embed.fit_pca(embed.token_embeddings(final, ids))
+    for row, step in zip(rows, [10, 20], strict=True):
+        model, _ = load_checkpoint(run / f"step_{step:06d}.pt")
+        emb = embed.token_embeddings(model, ids)
+        want = embed.pc_separation(pca.transform(emb), values)
+        want["norm_symmetry_corr"] = embed.norm_symmetry(values, np.linalg.norm(emb, axis=1))[
+            "norm_symmetry_corr"
+        ]
+        assert row == pytest.approx({"step": step, **want}), step

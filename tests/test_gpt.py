@@ -278,3 +278,64 @@ def test_the_copying_drop_is_found_after_the_initial_fall():
     summary = gpt_train.summarize(records, [], 1.0, cfg, "cpu", "fp32")
     assert (summary["drop_step"], summary["drop_end_step"]) == (240, 370)
     assert abs(summary["plateau_loss"] - 5.42) < 0.01
+
+
+def test_copy_score_averages_over_observed_entries_per_head():
+    """Catches the copy score averaged over hidden entries too, read one query off (the query
+    that predicts entry k sits at T + k, the SEP at T), or with layers and heads mixed up: with
+    entry 1 of 4 hidden, a head that copies entries 0 and 1 fully and entry 2 half scores
+    (1 + 0.5 + 0) / 3; one that copies every entry but through the SEP-shifted query scores 0;
+    over two matrices every observed entry weighs the same."""
+    t = 4
+    k = torch.arange(t)
+    patterns = torch.zeros(1, 2, 3, 2 * t, 2 * t)  # [B, L, H, 2T, 2T]
+    patterns[0, 1, 2, t + k, k] = torch.tensor([1.0, 1.0, 0.5, 0.0])
+    patterns[0, 0, 0, t + k[:-1] + 1, k[:-1]] = 1.0  # one query late
+    observed = torch.tensor([[True, False, True, True]])
+    scores = gpt_train.copy_scores(patterns, observed)
+    want = torch.zeros(2, 3)
+    want[1, 2] = (1 + 0.5 + 0) / 3
+    torch.testing.assert_close(scores, want)
+    two = torch.cat([patterns, patterns.flip(-1)])  # a second matrix whose head copies nothing
+    both = torch.tensor([[True, False, True, True], [False, True, False, True]])
+    assert gpt_train.copy_scores(two, both)[1, 2].item() == pytest.approx(1.5 / 5)  # per entry
+
+
+def test_sequence_losses_split_the_completion_by_entry():
+    """Catches the observed / hidden cross-entropies taken over the prompt, shifted by one
+    position, or swapped: logits that put probability p on the right next token give −log p
+    there; the prompt's predictions (positions 0 .. T − 1) and the SEP's are left out of both."""
+    t, v = 2, 5
+    seq = torch.tensor([[1, 0, 4, 2, 3]])  # prompt (entry 1 hidden), SEP, then the full matrix
+    observed = torch.tensor([[True, False]])
+    probs = {0: 0.9, 1: 0.8, 2: 0.5, 3: 0.25}  # position -> p of the right next token
+    logits = torch.zeros(1, 2 * t, v)
+    for pos, p in probs.items():
+        rest = (1 - p) / (v - 1)
+        logits[0, pos] = torch.tensor([rest] * v).log()
+        logits[0, pos, seq[0, pos + 1]] = math.log(p)
+    got = gpt_train.sequence_losses(logits, seq, observed)
+    ce = {pos: -math.log(p) for pos, p in probs.items()}
+    assert got["loss"].item() == pytest.approx(sum(ce.values()) / 4, rel=1e-6)
+    assert got["loss_obs"].item() == pytest.approx(ce[2], rel=1e-6)  # predicts entry 0
+    assert got["loss_mask"].item() == pytest.approx(ce[3], rel=1e-6)  # predicts entry 1
+
+
+def test_completion_metrics_on_a_worked_example():
+    """Catches accuracies and the hidden MSE taken over the wrong entries: a 2×2 completion with
+    entry 1 hidden, entries 0 and 1 right and 2, 3 wrong (values off by 0.5 and 1.0 there)."""
+    cfg = DataConfig(m=2, n=2, rank=1, min_vocab=-2.0, max_vocab=2.0)
+    values = torch.tensor([[[0.5, -0.5], [0.0, 1.0]]])
+    observed = torch.tensor([[[True, False], [True, True]]])
+    batch = make_batch(values, observed, cfg)
+    seq = gpt_data.build_sequences(batch.input_ids, batch.target, cfg)
+    decoded = torch.tensor([[0.5, -0.5, 0.5, 0.0]])
+    generated = seq[:, 5:].clone()
+    generated[0, 2:] = 1  # wrong tokens at entries 2 and 3
+    got = {
+        k: v.item() for k, v in gpt_train.completion_metrics(generated, seq, decoded, batch).items()
+    }
+    assert got == pytest.approx({"acc": 0.5, "acc_obs": 1 / 3, "acc_mask": 1.0, "mse_mask": 0.0})
+    decoded[0, 1] = 0.5  # the hidden entry's value off by 1.0
+    got = gpt_train.completion_metrics(generated, seq, decoded, batch)
+    assert got["mse_mask"].item() == pytest.approx(1.0)

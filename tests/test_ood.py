@@ -120,3 +120,26 @@ def test_a_copying_model_scores_what_copying_scores_at_every_point(tiny_run, tmp
             assert row["value"] == label and row["unsolved"] == 0
             assert row["bert_loss_obs"] == 0 and row["nuc_loss_obs"] == 0  # both keep what is seen
             assert row["bert_loss_mask"] == pytest.approx(hidden.square().mean().item(), rel=1e-5)
+
+
+def test_each_point_changes_one_thing_and_the_trained_one_is_marked():
+    """Catches a sweep point that changes more than its own field (or the wrong one), the figure's
+    "as trained" mark spelt unlike the sweep's labels (or rows and columns swapped: 5×6 here),
+    and a redrawn fraction that is not 0 where every matrix fits (uniform factors)."""
+    base = utils.AnalysisData(m=5, n=6, rank=2, p_mask=0.2)
+    section = ood.OodSection(["uniform", "gaussian:0.5"], ranks=[3], rows=[4], cols=[7])
+    points = ood.sweep_points(section, base)
+    labels = {kind: [label for label, _ in pts] for kind, pts in points.items()}
+    want = {"distribution": ["uniform", "gaussian:0.5"], "rank": [3], "rows": [4], "cols": [7]}
+    assert labels == want
+    changed = {
+        kind: [{k for k, v in vars(s).items() if v != getattr(base, k)} for _, s in pts]
+        for kind, pts in points.items()
+    }
+    one_field = {"rank": [{"rank"}], "rows": [{"m"}], "cols": [{"n"}]}
+    assert changed == {"distribution": [{"distribution"}, {"distribution", "scale"}], **one_field}
+    trained = DataConfig(m=5, n=6, rank=2, distribution="gaussian", scale=0.5)
+    marks = [ood.trained_value(k, trained) for k in ("distribution", "rank", "rows", "cols")]
+    assert marks == ["gaussian:0.5", 2, 5, 6]
+    _, redrawn = ood.draw_in_vocabulary(DataConfig(m=4, n=4, rank=1), 32, seed=0)
+    assert redrawn == 0.0

@@ -228,3 +228,88 @@ def test_a_role_without_heads_in_the_layers_is_an_error(tiny_run, tmp_path, monk
     with pytest.raises(UserError, match=r"'patch.heads' = 'row': none in 'patch.layers' \[1\]"):
         patch.main(cfg)
     assert not utils.resolve_path(cfg.out_dir).exists()
+
+
+def _patched_cells(hooks, layers=2, heads=4, t=6):
+    """Which (layer, head, position) cells z hooks replace, for hooks made from a cache of ones
+    (the clean z): the corrupted run's z is 0, so a cell is patched where the hooked z reads 1."""
+    by_name = dict(hooks)
+    assert len(by_name) == len(hooks)  # one hook per layer
+    cells = set()
+    for i in range(layers):
+        name = act_name("z", i)
+        if name not in by_name:
+            continue
+        point = type("Hook", (), {"name": name})()
+        z = by_name[name](torch.zeros(1, t, heads, 2), point)
+        for pos, head in (z[0, :, :, 0] == 1).nonzero().tolist():
+            cells.add((i, head, pos))
+    return cells
+
+
+def test_the_main_patch_by_role_patches_each_layers_own_heads():
+    """Catches a role's heads patched in every chosen layer (layer 0's head 2 patched in layer 1
+    too), all heads of a layer patched, or the positions ignored: row heads (0, 2), (1, 1) and
+    column head (1, 3), positions 1 and 4 of 6, must patch exactly those 3 × 2 cells."""
+    chosen = {"layers": [0, 1], "heads": "row+column", "pairs": [[0, 2], [1, 1], [1, 3]]}
+    chosen["positions"] = [1, 4]
+    cache = {act_name("z", i): torch.ones(1, 6, 4, 2) for i in range(2)}
+    cells = _patched_cells(patch.main_patch_hooks(cache, chosen))
+    assert cells == {(i, h, p) for i, h in [(0, 2), (1, 1), (1, 3)] for p in (1, 4)}
+    everywhere = dict(chosen, positions=None)
+    cells = _patched_cells(patch.main_patch_hooks(cache, everywhere))
+    assert cells == {(i, h, p) for i, h in [(0, 2), (1, 1), (1, 3)] for p in range(6)}
+    # heads by index: those heads in every chosen layer
+    by_index = {"layers": [1], "heads": [0, 3], "positions": None}
+    cells = _patched_cells(patch.main_patch_hooks(cache, by_index))
+    assert cells == {(1, h, p) for h in (0, 3) for p in range(6)}
+
+
+def test_heads_named_by_role_are_kept_within_the_chosen_layers(monkeypatch):
+    """Catches the role's heads taken from every layer rather than `patch.layers` (here −1, the
+    last of 3), or the wrong role: rows (0, 0), (1, 2), (2, 1) and a column head (2, 3)."""
+    import model as model_module
+    from model import MatrixBert
+    from modeling_bert import BertConfig
+
+    roles = [["row", "other", "other", "other"], ["other", "other", "row", "other"]]
+    roles.append(["other", "row", "other", "column"])
+    monkeypatch.setattr(model_module, "attention_summary", lambda m, b: {"roles": roles})
+    sizes = {"hidden_size": 8, "intermediate_size": 8, "max_position_embeddings": 16}
+    model = MatrixBert(
+        BertConfig(vocab_size=10, num_hidden_layers=3, num_attention_heads=4, **sizes)
+    )
+    section = patch.PatchSection(layers=[-1], heads="row")
+    chosen = patch.chosen_patch(section, model, 9, [])
+    assert chosen["layers"] == [2] and chosen["pairs"] == [[2, 1]]
+    section = patch.PatchSection(layers=[0, 2], heads="row+column", positions=[-1])
+    chosen = patch.chosen_patch(section, model, 9, [])
+    assert chosen["pairs"] == [[0, 0], [2, 1], [2, 3]] and chosen["positions"] == [8]
+    section = patch.PatchSection(layers=None, heads="column")
+    assert patch.chosen_patch(section, model, 9, [])["pairs"] == [[2, 3]]
+
+
+def test_score_on_runs_whose_answers_are_known():
+    """Catches the table's columns mixed up (against X vs against −X, observed vs hidden) or the
+    share restored measured against the wrong runs: the clean run answers X, the corrupted −X,
+    and a patched run 0, so with a = mean X² over those entries its losses are a, a and its
+    share restored is (4a − a) / (4a − 0) = 3/4; the sweeps' grids read [layer][index]."""
+    target = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    observed = torch.tensor([[True, False, True, False]])
+    preds = {"clean": target, "corrupted": -target, "patched": torch.zeros_like(target)}
+    rows = patch.score(preds, target, observed)
+    a_obs, a_hid = (1 + 0.25) / 2, (4 + 9) / 2
+
+    def row(x, neg_x, restored):  # (observed, hidden) pairs
+        out = {"x_observed": x[0], "x_hidden": x[1], "neg_x_observed": neg_x[0]}
+        out.update(neg_x_hidden=neg_x[1], restored_observed=restored, restored_hidden=restored)
+        return out
+
+    assert rows["clean"] == pytest.approx(row((0, 0), (4 * a_obs, 4 * a_hid), 1))
+    assert rows["corrupted"] == pytest.approx(row((4 * a_obs, 4 * a_hid), (0, 0), 0))
+    assert rows["patched"] == pytest.approx(row((a_obs, a_hid), (a_obs, a_hid), 0.75))
+    cells = {f"head {i} {h}": {"restored_hidden": 10.0 * i + h} for i in range(2) for h in range(3)}
+    grid = patch.sweep_grid(cells, "head", (2, 3), "hidden")
+    assert grid == [[0.0, 1.0, 2.0], [10.0, 11.0, 12.0]]
+    assert patch.best_cell(grid) == (12.0, 1, 2)
+    assert patch.best_cell([[None, -0.5], [0.25, None]]) == (0.25, 1, 0)

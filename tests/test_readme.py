@@ -60,3 +60,36 @@ def test_citation_file_cites_the_paper():
     assert cff["cff-version"] == "1.2.0" and paper["year"] == 2024
     assert paper["title"] == "Abrupt Learning in Transformers: A Case Study on Matrix Completion"
     assert [a["family-names"] for a in paper["authors"]] == ["Gopalani", "Lubana", "Hu"]
+
+
+ANALYSES = [
+    "att_maps.py",
+    "copy_check.py",
+    "compare_nuc_bert.py",
+    "embed.py",
+    "ood.py",
+    "patch.py",
+    "probe.py",
+    "switch_models.py",
+    "uniform_ablation.py",
+    "train_embed.py",
+    "src/gpt/train.py",
+]
+
+
+def test_the_tests_readme_names_tests_that_exist_for_every_analysis():
+    """tests/README.md cannot rot: every `file::test` it names is a test function of that file,
+    and every analysis script has a row."""
+    import ast
+
+    text = (ROOT / "tests" / "README.md").read_text()
+    named = re.findall(r"(test_\w+\.py)::(test_\w+)", text)
+    assert len(named) > 50
+    defined = {}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        defined[path.name] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    missing = [f"{f}::{t}" for f, t in named if t not in defined.get(f, set())]
+    assert not missing, missing
+    scripts = {row.split("|")[1].split()[0] for row in text.splitlines() if row.startswith("| ")}
+    assert set(ANALYSES) <= scripts, set(ANALYSES) - scripts

@@ -1,12 +1,14 @@
 import json
 import math
 
+import pytest
 import torch
 from conftest import ROOT
 
 import switch_models
 import utils
-from model import load_checkpoint
+from data import MatrixSampler
+from model import evaluate, load_checkpoint, trained_data_config
 
 PARTITION = ["qkv", "attn_output", "ffn", "embeddings", "layernorm", "read_out"]
 
@@ -68,3 +70,41 @@ def test_groups_partition_the_parameters(tiny_run):
     assert "backbone.encoder.layer.0.attention.output.LayerNorm.weight" in keys["attention"]
     assert "backbone.encoder.layer.1.output.dense.weight" in keys["ffn"]
     assert "backbone.encoder.layer.1.attention.output.dense.weight" not in keys["ffn"]
+
+
+def test_a_switched_row_is_the_base_with_the_group_from_the_source(tiny_run, tmp_path):
+    """Catches a direction read backwards (pre_to_post: the post-drop model with the pre-drop
+    model's group), a row's losses from another model, and `params` not the number of switched
+    parameters: Q, K and V of 2 layers of width 32 are 2 · 3 · (32·32 + 32) = 6336."""
+    run, _ = tiny_run
+    cfg = utils.load_config(
+        switch_models.Config,
+        ROOT / "configs" / "switch_models.yaml",
+        [
+            f"ckpt.run={run}",
+            "ckpt.pre_step=10",
+            "ckpt.post_step=20",
+            f"out_dir={tmp_path / 'out'}",
+            "device=cpu",
+            "data.num_samples=8",
+            "data.batch_size=8",
+            "switch.groups=[att]",
+            "switch.directions=[pre_to_post]",
+        ],
+    )
+    summary = switch_models.main(cfg)
+    rows = {r["model"]: r for r in summary["rows"]}
+    row = rows["post with att from pre"]
+    assert (row["base"], row["from"], row["group"], row["params"]) == ("post", "pre", "att", 6336)
+    pre, _ = load_checkpoint(run / "step_000010.pt")
+    post, ckpt = load_checkpoint(run / "step_000020.pt")
+    state = post.state_dict()
+    for name, value in pre.state_dict().items():
+        if ".attention.self." in name:
+            state[name] = value
+    hybrid = switch_models.build(post, state)
+    batches = MatrixSampler(trained_data_config(ckpt), "cpu", seed=cfg.seed).sample_many(8, 8)
+    assert {k: row[k] for k in switch_models.LOSSES} == pytest.approx(
+        {k: v for k, v in evaluate(hybrid, batches).items() if k in switch_models.LOSSES}
+    )
+    assert rows["pre (step 10)"]["params"] == 0

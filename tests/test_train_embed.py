@@ -126,3 +126,19 @@ def test_bad_config_is_a_clear_error(tmp_path, override, match):
 def test_plot_only_without_runs_is_a_clear_error(tiny_run, tmp_path):
     with pytest.raises(UserError, match="no finished run for group 'mlp'"):
         train_embed.main(te_config(tmp_path, tiny_run[0], "groups=[mlp]", "plot_only=true"))
+
+
+def test_the_table_row_reads_each_number_from_its_own_key():
+    """Catches table.md's columns filled from the wrong summary keys (the plateau level shown
+    as the final loss, the drop's end as its start): every value of the summary is different."""
+    s = {"trained_params": 1, "plateau_loss": 0.02, "drop_step": 300, "drop_end_step": 400}
+    s.update(final_step=500, final_loss=0.001, frozen_unchanged=True)
+    assert train_embed.summary_row("mlp", s) == {
+        "run": "mlp",
+        "trained params": 1,
+        "plateau loss": 0.02,
+        "drop step": 300,
+        "final step": 500,
+        "final loss": 0.001,
+        "frozen unchanged": True,
+    }

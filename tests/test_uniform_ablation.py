@@ -2,6 +2,7 @@ import json
 import math
 import runpy
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -180,3 +181,89 @@ def test_a_role_with_no_heads_is_an_error_not_a_silent_no_op(tiny_run, tmp_path,
 def test_an_unknown_role_is_named(tiny_run, tmp_path):
     with pytest.raises(UserError, match="'ablation.heads' = 'diagonal': not a role"):
         uniform_ablation.main(_cfg(tiny_run, tmp_path, "ablation.heads=diagonal"))
+
+
+def test_control_sets_are_distinct_draws_of_as_many_other_heads():
+    """Catches controls that are one draw repeated (the generator re-seeded for each set), that
+    may hold a chosen head, that are one head short or one set short, or that never reach some
+    heads: on 4 layers × 8 heads with 5 chosen, 60 seeded sets of 5 other heads each, all
+    different, together covering all 27 others; the same seed gives the same sets."""
+    chosen = [(2, 2), (3, 1), (3, 4), (3, 5), (3, 6)]  # the authors' choice, 0-based
+    sets = uniform_ablation.control_sets(chosen, 4, 8, 60, seed=0)
+    others = {(i, h) for i in range(4) for h in range(8)} - set(chosen)
+    assert len(sets) == 60
+    for heads in sets:
+        assert len(heads) == len(set(heads)) == 5
+        assert set(heads) <= others and heads == sorted(heads)
+    assert len({tuple(s) for s in sets}) == 60
+    assert set().union(*map(set, sets)) == others
+    assert uniform_ablation.control_sets(chosen, 4, 8, 60, seed=0) == sets
+    assert uniform_ablation.control_sets(chosen, 4, 8, 60, seed=1) != sets
+
+
+def test_control_sets_when_the_others_leave_no_choice():
+    """Closed-form cases: with exactly as many other heads as chosen ones the one control set is
+    those others (once, not repeated: the same set counted four times was a bug); with fewer
+    different sets than asked, each of them once; with fewer heads, or nothing chosen, none."""
+    chosen = [(0, 0), (1, 1), (0, 2)]
+    assert uniform_ablation.control_sets(chosen, 2, 3, 4, seed=5) == [[(0, 1), (1, 0), (1, 2)]]
+    two = uniform_ablation.control_sets([(1, 0), (0, 3)], 2, 4, 30, seed=0)
+    assert len(two) == math.comb(6, 2) == len({tuple(s) for s in two})  # all 15, each once
+    three = uniform_ablation.control_sets([(1, 0), (0, 3)], 2, 4, 3, seed=0)
+    assert len({tuple(s) for s in three}) == 3  # the draw that gave a set twice (seed 0)
+    assert uniform_ablation.control_sets([(0, 0), (0, 1)], 1, 3, 3, seed=0) == []
+    assert uniform_ablation.control_sets([], 2, 3, 3, seed=0) == []
+    assert uniform_ablation.control_sets(chosen, 2, 3, 0, seed=0) == []
+
+
+def test_each_row_reports_its_own_heads_ablated(tiny_run, tmp_path, monkeypatch):
+    """Catches a control row (or the main row) that reports another set's ablation, e.g. every
+    control ablating the chosen heads again: each row's losses must equal evaluating the model
+    on the script's own matrices with exactly that row's heads ablated."""
+    seen = []
+    real = uniform_ablation.evaluate
+
+    def recording(model, batches, hooks=()):
+        seen.append((model, batches))
+        return real(model, batches, hooks)
+
+    monkeypatch.setattr(uniform_ablation, "evaluate", recording)
+    cfg = _cfg(tiny_run, tmp_path, "ablation.controls=3", "ablation.sweep=false")
+    summary = uniform_ablation.main(cfg)
+    model, batches = seen[0]
+    rows = [("ablated", summary["heads"], summary["ablated"])]
+    rows += [(f"control {i}", c["heads"], c) for i, c in enumerate(summary["controls"])]
+    for name, heads, reported in rows:
+        want = real(model, batches, ablate_head_hooks([tuple(h) for h in heads], "mean"))
+        assert {k: reported[k] for k in want} == want, name
+    assert summary["no_ablation"] == real(model, batches)
+    assert all(c["loss"] != summary["ablated"]["loss"] for c in summary["controls"])
+
+
+def test_sweep_cells_are_each_heads_own_ablation(tiny_run, tmp_path, monkeypatch):
+    """Catches the sweep grid filled [head][layer] or from another head's run: cell (layer i,
+    head h) must be the loss with head h of layer i alone ablated (the tiny model: 2 × 4)."""
+    seen = []
+    real = uniform_ablation.evaluate
+
+    def recording(model, batches, hooks=()):
+        seen.append((model, batches))
+        return real(model, batches, hooks)
+
+    monkeypatch.setattr(uniform_ablation, "evaluate", recording)
+    summary = uniform_ablation.main(_cfg(tiny_run, tmp_path, "ablation.controls=0"))
+    model, batches = seen[0]
+    for i in range(2):
+        for h in range(4):
+            want = real(model, batches, ablate_head_hooks([(i, h)], "mean"))
+            for k in uniform_ablation.LOSSES:
+                assert summary["sweep"][k][i][h] == want[k], (k, i, h)
+
+
+def test_percent_change_on_a_worked_example():
+    """Catches the heatmap's numbers taken against the wrong base or with the sign flipped."""
+    change = uniform_ablation.percent_change([[0.1, 0.23], [0.05, None]], 0.1)
+    assert change[0].tolist() == pytest.approx([0.0, 130.0])
+    assert change[1, 0] == pytest.approx(-50.0) and np.isnan(change[1, 1])
+    assert np.isnan(uniform_ablation.percent_change([[0.2]], None)).all()
+    assert np.isnan(uniform_ablation.percent_change([[0.2]], 0.0)).all()
