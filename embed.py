@@ -341,23 +341,26 @@ def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
     return summary, _as_rows(summary)
 
 
-def _token_pca_figures(s: dict) -> dict:
-    f = s["figure"]
+def _token_figures(s: dict, panels: list, stem: str, title: str, axes: tuple) -> dict:
+    """Value tokens' PCs, coloured by value bin, one panel per checkpoint (shared axes)."""
     groups, labels = _bins(s)
-    axes_labels = tuple(
-        f"PC{k} ({s[f'explained_variance_pc{k}']:.0%} of the variance)" for k in (1, 2)
-    )
-    title = f"Value tokens' embeddings on their top-2 principal components (step {s['step']})"
     fig = utils.plot_scatter_panels(
-        [("", f["pcs"])],
+        panels,
         groups,
         labels,
         title=title,
-        axes_labels=axes_labels,
+        axes_labels=axes,
         legend_title="value",
         ordered=True,
+        share=len(panels) > 1,
     )
-    return {"token_pca": fig}
+    return {stem: fig}
+
+
+def _token_pca_figures(s: dict) -> dict:
+    axes = tuple(f"PC{k} ({s[f'explained_variance_pc{k}']:.0%} of the variance)" for k in (1, 2))
+    title = f"Value tokens' embeddings on their top-2 principal components (step {s['step']})"
+    return _token_figures(s, [("", s["figure"]["pcs"])], "token_pca", title, axes)
 
 
 def run_pos_norm(ctx: Context) -> tuple[dict, list[dict]]:
@@ -400,11 +403,16 @@ def run_pos_tsne(ctx: Context) -> tuple[dict, list[dict]]:
     return summary, _as_rows(summary)
 
 
+def _lines(m: int, n: int) -> list[tuple[str, np.ndarray, int]]:
+    """(kind, each position's line index, how many lines) for columns, then rows."""
+    rows, cols = grid_labels(m, n)
+    return [("column", cols, n), ("row", rows, m)]
+
+
 def _pos_tsne_figures(s: dict) -> dict:
     m, n = s["m"], s["n"]
-    rows, cols = grid_labels(m, n)
     figures = {}
-    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
+    for kind, groups, count in _lines(m, n):
         title = (
             f"t-SNE of the positional embeddings of the {m}×{n} matrix (step {s['step']}): "
             f"in each panel one {kind}'s {count} positions in red, the rest grey"
@@ -453,25 +461,14 @@ def run_token_progress(ctx: Context) -> tuple[dict, list[dict]]:
 
 
 def _token_progress_figures(s: dict) -> dict:
-    f = s["figure"]
-    groups, labels = _bins(s)
-    panels = [(f"step {r['step']}", pcs) for r, pcs in zip(s["steps"], f["pcs_by_step"])]
+    panels = [(f"step {r['step']}", p) for r, p in zip(s["steps"], s["figure"]["pcs_by_step"])]
     final = s["final_step"]
     title = (
         f"Value tokens' embeddings during training, on the top-2 principal components of "
         f"step {final} (the same axes in every panel)"
     )
-    fig = utils.plot_scatter_panels(
-        panels,
-        groups,
-        labels,
-        title=title,
-        axes_labels=(f"PC1 of step {final}", f"PC2 of step {final}"),
-        legend_title="value",
-        ordered=True,
-        share=True,
-    )
-    return {"token_progress": fig}
+    axes = (f"PC1 of step {final}", f"PC2 of step {final}")
+    return _token_figures(s, panels, "token_progress", title, axes)
 
 
 def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
@@ -485,18 +482,18 @@ def run_pos_progress(ctx: Context) -> tuple[dict, list[dict]]:
 
 def _pos_progress_figures(s: dict) -> dict:
     m, n = s["m"], s["n"]
-    rows, cols = grid_labels(m, n)
     panels = [(f"step {r['step']}", c) for r, c in zip(s["steps"], s["figure"]["coords_by_step"])]
     figures = {}
-    for kind, groups, count in (("column", cols, n), ("row", rows, m)):
+    for kind, groups, count in _lines(m, n):
         title = (
             f"t-SNE of the positional embeddings of the {m}×{n} matrix during training, "
             f"coloured by {kind} (each panel is its own t-SNE)"
         )
+        labels = [f"{kind} {i + 1}" for i in range(count)]
         figures[f"pos_progress_{kind}"] = utils.plot_scatter_panels(
             panels,
             groups,
-            [f"{kind} {i + 1}" for i in range(count)],
+            labels,
             title=title,
             axes_labels=("t-SNE 1", "t-SNE 2"),
             legend_title=f"{kind} (1-based)",
