@@ -54,7 +54,8 @@ def tiny_run(tmp_path_factory):
 
 
 def read_wandb_run(folder: Path) -> dict:
-    """What an offline W&B run under `folder` (its `wandb/` directory) holds, read back from its
+    """What an offline W&B run under `folder` (its `wandb/` directory holding one offline run, or
+    one `offline-run-*` directory itself) holds, read back from its
     .wandb file (a LevelDB-style log of protobuf records; wandb 0.31 has no Python reader):
     {"run": the run record, "history": [{key: value}], "summary": {key: value}, "records":
     the record types written}. Nested keys are joined with '/'."""
@@ -77,7 +78,10 @@ def _read_wandb_file(folder: Path) -> dict:
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = list(Path(folder).glob("wandb/offline-run-*/run-*.wandb"))
+    folder = Path(folder)
+    one_run = folder.name.startswith("offline-run-")
+    pattern = "run-*.wandb" if one_run else "wandb/offline-run-*/run-*.wandb"
+    (path,) = list(folder.glob(pattern))
     data = path.read_bytes()
     assert data[:4] == b":W&B", "not a W&B transaction log"
     records, pos, block, buf = [], 7, 32768, b""

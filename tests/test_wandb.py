@@ -177,17 +177,7 @@ def test_a_run_stopped_and_resumed_is_one_wandb_run(tmp_path, offline):
         (log,) = part.glob("run-*.wandb")
         ids.add(log.name[len("run-") : -len(".wandb")])
     assert ids == {(folder / utils.tracking.RUN_ID_FILE).read_text().strip()}
-    assert read_wandb_run_named(parts[-1])["run"].display_name == "run"
+    assert read_wandb_run(parts[-1])["run"].display_name == "run"
     fresh = tiny_config(tmp_path / "new", "wandb.log=true", "train.resume=true")
     train.main(fresh)  # no checkpoint to resume from: step 0 and a W&B run of its own
     assert (tmp_path / "new/run" / utils.tracking.RUN_ID_FILE).read_text() not in ids
-
-
-def read_wandb_run_named(part):
-    """read_wandb_run on one offline run folder (a run folder can hold several)."""
-    import shutil
-
-    single = part.parent.parent / f"single-{part.name}"
-    (single / "wandb").mkdir(parents=True)
-    shutil.copytree(part, single / "wandb" / part.name)
-    return read_wandb_run(single)
