@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# One torch thread per test process, and the same for the scripts the tests start: under
+# `pytest -n auto` each core runs a worker, and workers of torch's default thread count (one per
+# core) oversubscribe the cores, whose OpenMP threads then wait on each other (reproduce.sh's
+# pipeline took 101 s alone with one thread, 664 s inside the suite with the default).
+os.environ["OMP_NUM_THREADS"] = "1"
 
-import train
-import utils
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import train  # noqa: E402
+import utils  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
