@@ -216,10 +216,9 @@ def test_control_sets_when_the_others_leave_no_choice():
     assert uniform_ablation.control_sets(chosen, 2, 3, 0, seed=0) == []
 
 
-def test_each_row_reports_its_own_heads_ablated(tiny_run, tmp_path, monkeypatch):
-    """Catches a control row (or the main row) that reports another set's ablation, e.g. every
-    control ablating the chosen heads again: each row's losses must equal evaluating the model
-    on the script's own matrices with exactly that row's heads ablated."""
+def record_evaluate(monkeypatch):
+    """Wrap uniform_ablation.evaluate so a test sees the model and batches the script used;
+    returns (the list they are appended to, the real evaluate)."""
     seen = []
     real = uniform_ablation.evaluate
 
@@ -228,6 +227,14 @@ def test_each_row_reports_its_own_heads_ablated(tiny_run, tmp_path, monkeypatch)
         return real(model, batches, hooks)
 
     monkeypatch.setattr(uniform_ablation, "evaluate", recording)
+    return seen, real
+
+
+def test_each_row_reports_its_own_heads_ablated(tiny_run, tmp_path, monkeypatch):
+    """Catches a control row (or the main row) that reports another set's ablation, e.g. every
+    control ablating the chosen heads again: each row's losses must equal evaluating the model
+    on the script's own matrices with exactly that row's heads ablated."""
+    seen, real = record_evaluate(monkeypatch)
     cfg = _cfg(tiny_run, tmp_path, "ablation.controls=3", "ablation.sweep=false")
     summary = uniform_ablation.main(cfg)
     model, batches = seen[0]
@@ -243,14 +250,7 @@ def test_each_row_reports_its_own_heads_ablated(tiny_run, tmp_path, monkeypatch)
 def test_sweep_cells_are_each_heads_own_ablation(tiny_run, tmp_path, monkeypatch):
     """Catches the sweep grid filled [head][layer] or from another head's run: cell (layer i,
     head h) must be the loss with head h of layer i alone ablated (the tiny model: 2 × 4)."""
-    seen = []
-    real = uniform_ablation.evaluate
-
-    def recording(model, batches, hooks=()):
-        seen.append((model, batches))
-        return real(model, batches, hooks)
-
-    monkeypatch.setattr(uniform_ablation, "evaluate", recording)
+    seen, real = record_evaluate(monkeypatch)
     summary = uniform_ablation.main(_cfg(tiny_run, tmp_path, "ablation.controls=0"))
     model, batches = seen[0]
     for i in range(2):
