@@ -11,7 +11,7 @@ import data
 import embed
 import utils
 from model import evaluate, load_checkpoint
-from utils import UserError
+from utils import UserError, geometry
 
 FILES = {
     "token_norm": ["token_norm.png", "token_norm.pdf", "token_norm.csv"],
@@ -76,10 +76,10 @@ def test_value_tokens_are_the_tokenizers():
 
 def test_norm_symmetry_on_constructed_curves():
     values = np.arange(-150, 151) / 100
-    sym = embed.norm_symmetry(values, 1 + values**2)
+    sym = geometry.norm_symmetry(values, 1 + values**2)
     assert sym["num_pairs"] == 150 and sym["norm_symmetry_corr"] == pytest.approx(1.0)
     assert sym["norm_symmetry_rel_diff"] == pytest.approx(0.0)
-    skew = embed.norm_symmetry(values, 2 + values)
+    skew = geometry.norm_symmetry(values, 2 + values)
     assert skew["norm_symmetry_corr"] == pytest.approx(-1.0)
     assert skew["norm_symmetry_rel_diff"] > 0.3
 
@@ -90,7 +90,7 @@ def test_pcs_separate_magnitude_and_sign_when_the_embeddings_do():
     a, b = np.eye(16)[0], np.eye(16)[1]
     emb = 3 * np.abs(values)[:, None] * a + np.sign(values)[:, None] * b
     emb += 0.01 * rng.normal(size=emb.shape)
-    sep = embed.pc_separation(embed.fit_pca(emb).transform(emb), values)
+    sep = geometry.pc_separation(geometry.fit_pca(emb).transform(emb), values)
     assert max(sep["pc1_abs_corr_magnitude"], sep["pc2_abs_corr_magnitude"]) > 0.95
     assert max(sep["pc1_abs_corr_sign"], sep["pc2_abs_corr_sign"]) > 0.95
 
@@ -98,16 +98,16 @@ def test_pcs_separate_magnitude_and_sign_when_the_embeddings_do():
 def test_silhouette_tells_columns_from_rows():
     rng = np.random.default_rng(0)
     m, n = 5, 5
-    rows, cols = embed.grid_labels(m, n)
+    rows, cols = geometry.grid_labels(m, n)
     assert (rows[7], cols[7]) == (1, 2)
     pos = np.eye(8)[cols] * 5 + 0.5 * rng.normal(size=(m * n, 8))
-    coords, used = embed.tsne_2d(pos, 30.0, 0)
+    coords, used = geometry.tsne_2d(pos, 30.0, 0)
     assert coords.shape == (25, 2) and used == 24
-    scores = embed.cluster_scores(pos, coords, m, n)
+    scores = geometry.cluster_scores(pos, coords, m, n)
     assert scores["silhouette_column"] > 0.5 > scores["silhouette_row"]
     assert scores["silhouette_column_tsne"] > scores["silhouette_row_tsne"]
     assert scores["groups_by"] == "column"
-    by_row = embed.cluster_scores(
+    by_row = geometry.cluster_scores(
         np.eye(8)[rows] * 5 + 0.5 * rng.normal(size=(25, 8)), coords, m, n
     )
     assert by_row["groups_by"] == "row"
@@ -115,11 +115,11 @@ def test_silhouette_tells_columns_from_rows():
 
 def test_grouping_axis_needs_a_clear_margin():
     """Catches naming an axis from noise: two near-equal or negative silhouettes name neither."""
-    assert utils.better_axis(0.21, 0.13, embed.AXIS_MARGIN, floor=0.0) == "row"
-    assert utils.better_axis(0.13, 0.21, embed.AXIS_MARGIN, floor=0.0) == "column"
-    assert utils.better_axis(0.15, 0.13, embed.AXIS_MARGIN, floor=0.0) == "neither"
-    assert utils.better_axis(-0.1, -0.3, embed.AXIS_MARGIN, floor=0.0) == "neither"
-    assert utils.better_axis(None, 0.5, embed.AXIS_MARGIN, floor=0.0) == "neither"
+    assert utils.better_axis(0.21, 0.13, geometry.AXIS_MARGIN, floor=0.0) == "row"
+    assert utils.better_axis(0.13, 0.21, geometry.AXIS_MARGIN, floor=0.0) == "column"
+    assert utils.better_axis(0.15, 0.13, geometry.AXIS_MARGIN, floor=0.0) == "neither"
+    assert utils.better_axis(-0.1, -0.3, geometry.AXIS_MARGIN, floor=0.0) == "neither"
+    assert utils.better_axis(None, 0.5, geometry.AXIS_MARGIN, floor=0.0) == "neither"
 
 
 def test_permutation_is_undone_and_identity_changes_nothing(tiny_run):
@@ -267,7 +267,7 @@ def test_pc_separation_reads_each_pc_against_each_target():
     sign v are uncorrelated, give 1 and 0 in the four cells."""
     values = np.arange(-150, 151) / 100
     pcs = np.stack([np.abs(values), np.sign(values)], axis=1)
-    sep = embed.pc_separation(pcs, values)
+    sep = geometry.pc_separation(pcs, values)
     assert sep == pytest.approx(
         {
             "pc1_abs_corr_magnitude": 1.0,
@@ -282,7 +282,7 @@ def test_pc_separation_reads_each_pc_against_each_target():
 def test_value_bins_on_a_worked_example():
     """Catches bins off by one at their edges or labels that do not close the last bin: three
     bins over [−1.5, 1.5] have edges −0.5 and 0.5, each bin holding its lower edge."""
-    which, labels = embed.value_bins(np.array([-1.5, -0.5, 0.49, 0.5, 1.5]), -1.5, 1.5, 3)
+    which, labels = geometry.value_bins(np.array([-1.5, -0.5, 0.49, 0.5, 1.5]), -1.5, 1.5, 3)
     assert which.tolist() == [0, 1, 1, 2, 2]
     assert labels == ["[-1.5, -0.5)", "[-0.5, 0.5)", "[0.5, 1.5]"]
 
@@ -394,12 +394,12 @@ def test_token_progress_projects_every_step_on_the_final_components(tiny_run, tm
     values, ids = embed.value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
     ctx = embed.Context(cfg, final, 20, data_cfg, values, ids, tmp_path, torch.device("cpu"))
     summary, rows = embed.run_token_progress(ctx)
-    pca = embed.fit_pca(embed.token_embeddings(final, ids))
+    pca = geometry.fit_pca(embed.token_embeddings(final, ids))
     for row, step in zip(rows, [10, 20], strict=True):
         model, _ = load_checkpoint(run / f"step_{step:06d}.pt")
         emb = embed.token_embeddings(model, ids)
-        want = embed.pc_separation(pca.transform(emb), values)
-        want["norm_symmetry_corr"] = embed.norm_symmetry(values, np.linalg.norm(emb, axis=1))[
+        want = geometry.pc_separation(pca.transform(emb), values)
+        want["norm_symmetry_corr"] = geometry.norm_symmetry(values, np.linalg.norm(emb, axis=1))[
             "norm_symmetry_corr"
         ]
         assert row == pytest.approx({"step": step, **want}), step

@@ -11,7 +11,18 @@ import ast
 from conftest import ROOT
 
 # utils/ rooms, lowest first: each may import only rooms before it in this list.
-ROOMS = ["config", "drop", "metrics", "runtime", "runs", "plots", "tracking", "sections", "outputs"]
+ROOMS = [
+    "config",
+    "drop",
+    "metrics",
+    "geometry",
+    "runtime",
+    "runs",
+    "plots",
+    "tracking",
+    "sections",
+    "outputs",
+]
 # Shared modules below the scripts, lowest first; each may import utils and those before it.
 SHARED = ["data", "modeling_bert", "model", "cvx_nuc_norm", "train"]
 SHARED += ["src", "src.gpt", "src.gpt.data", "src.gpt.model"]

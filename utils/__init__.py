@@ -3,7 +3,8 @@
     config.py    strict YAML configs, `--section.key=value` overrides, `--help`, `cli`
     sections.py  the config sections the analyses share: checkpoints (`ckpt`) and data (`data`)
     runtime.py   seeds, the device, memory errors as one line
-    metrics.py   the masked MSE; device tensors to logged numbers
+    metrics.py   the masked MSE; device tensors to logged numbers; the row-or-column rule
+    geometry.py  embeddings' geometry: norms, principal components, t-SNE, silhouettes
     runs.py      atomic writes, checkpoints, a training run's folder (checkpoints, metrics log)
     outputs.py   an output folder's config.yaml, tables, summary.json; printed summaries
     plots.py     figure style, saving, the pyplot entry, loss curves, attention grids
@@ -32,6 +33,17 @@ from utils.config import (
 )
 from utils.drop import describe as describe_drop
 from utils.drop import detect_drop
+from utils.geometry import (
+    cluster_scores,
+    corr,
+    fit_pca,
+    grid_labels,
+    norm_symmetry,
+    pc_separation,
+    silhouette,
+    tsne_2d,
+    value_bins,
+)
 from utils.metrics import (
     LOSSES,
     better_axis,
@@ -132,15 +144,19 @@ __all__ = [
     "cli",
     "close_bar",
     "close_figure",
+    "cluster_scores",
     "config_help",
     "config_to_dict",
+    "corr",
     "DataRangeError",
     "describe_drop",
     "detect_drop",
     "Document",
     "finite_or_none",
+    "fit_pca",
     "fmt",
     "format_matrix",
+    "grid_labels",
     "init_wandb",
     "Interrupted",
     "is_hf_folder",
@@ -154,11 +170,13 @@ __all__ = [
     "markdown_table",
     "masked_mse",
     "native_bf16",
+    "norm_symmetry",
     "opt",
     "OVERRIDES_FIELD",
     "overrides_slug",
     "panel_grid",
     "parse_cli",
+    "pc_separation",
     "plain_log_ticks",
     "plot_attention_grid",
     "plot_curve",
@@ -184,6 +202,7 @@ __all__ = [
     "save_config",
     "save_figure",
     "seed_everything",
+    "silhouette",
     "split_argv",
     "StepsCkptSection",
     "stop_requests",
@@ -193,7 +212,9 @@ __all__ = [
     "to_lists",
     "TrainWandbConfig",
     "trim_jsonl",
+    "tsne_2d",
     "UserError",
+    "value_bins",
     "wandb_mode",
     "WANDB_MODES",
     "wandb_record",
