@@ -13,9 +13,9 @@ from model import evaluate, load_checkpoint, trained_data_config
 PARTITION = ["qkv", "attn_output", "ffn", "embeddings", "layernorm", "read_out"]
 
 
-def test_smoke(tiny_run, tmp_path):
-    run, _ = tiny_run
-    cfg = utils.load_config(
+def switch_cfg(run, tmp_path, *overrides: str) -> switch_models.Config:
+    """configs/switch_models.yaml on the tiny run's steps 10 (pre) and 20 (post), on the CPU."""
+    return utils.load_config(
         switch_models.Config,
         ROOT / "configs" / "switch_models.yaml",
         [
@@ -24,10 +24,19 @@ def test_smoke(tiny_run, tmp_path):
             "ckpt.post_step=20",
             f"out_dir={tmp_path / 'out'}",
             "device=cpu",
-            "data.num_samples=12",
-            "data.batch_size=8",
-            "switch.groups=[att, mlp, ffn, all]",
+            *overrides,
         ],
+    )
+
+
+def test_smoke(tiny_run, tmp_path):
+    run, _ = tiny_run
+    cfg = switch_cfg(
+        run,
+        tmp_path,
+        "data.num_samples=12",
+        "data.batch_size=8",
+        "switch.groups=[att, mlp, ffn, all]",
     )
     summary = switch_models.main(cfg)
     out = tmp_path / "out"
@@ -77,20 +86,13 @@ def test_a_switched_row_is_the_base_with_the_group_from_the_source(tiny_run, tmp
     model's group), a row's losses from another model, and `params` not the number of switched
     parameters: Q, K and V of 2 layers of width 32 are 2 · 3 · (32·32 + 32) = 6336."""
     run, _ = tiny_run
-    cfg = utils.load_config(
-        switch_models.Config,
-        ROOT / "configs" / "switch_models.yaml",
-        [
-            f"ckpt.run={run}",
-            "ckpt.pre_step=10",
-            "ckpt.post_step=20",
-            f"out_dir={tmp_path / 'out'}",
-            "device=cpu",
-            "data.num_samples=8",
-            "data.batch_size=8",
-            "switch.groups=[att]",
-            "switch.directions=[pre_to_post]",
-        ],
+    cfg = switch_cfg(
+        run,
+        tmp_path,
+        "data.num_samples=8",
+        "data.batch_size=8",
+        "switch.groups=[att]",
+        "switch.directions=[pre_to_post]",
     )
     summary = switch_models.main(cfg)
     rows = {r["model"]: r for r in summary["rows"]}
