@@ -12,6 +12,13 @@ Both draw fresh batches from the same sampler. Prints steps/s of each, the ratio
 (6 × non-embedding parameters × tokens per step) and peak device memory; writes `summary.json`.
 It refuses an `out_dir` that already holds a summary.json.
 
+The machine's limit is measured in the same call, at each loop's own matmuls: the matmuls one
+step makes (recorded, forward and backward, with their shapes and dtype) are run alone, back to
+back, and `share_of_limit` is the time they take over the time of a whole step (1.0: a step that
+is nothing but its matmuls at full speed). Loops and limits are timed in `rounds` interleaved
+rounds and the medians reported, so a machine whose speed drifts (a shared host: a 2048² matmul
+here ran anywhere from 110 to 157 GFLOP/s in one minute) slows all of them alike.
+
 With `--bench.profile=true` each of our loops is then run for `profile_steps` more steps under
 torch.profiler, and the run's entry in summary.json gets a `profile`: wall time per step against
 the time the device was busy (on a GPU the summed kernel time; on a CPU the summed self CPU time
@@ -23,11 +30,14 @@ the bench wraps in a profiler range) and other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import re
+import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,7 @@ from typing import Any
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, record_function
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
 import utils
@@ -50,7 +61,13 @@ class BenchSection:
         [], "extra runs of our loop, each a space-separated list of overrides (labelled by it)"
     )
     warmup_steps: int = opt(30, "untimed steps first (torch.compile happens here)")
-    steps: int = opt(200, "timed steps per loop")
+    steps: int = opt(200, "timed steps per loop, in `rounds` rounds")
+    rounds: int = opt(
+        3,
+        "interleaved rounds (at most bench.steps): every loop, then its own matmuls alone (the "
+        "limit), in turn; medians are reported",
+        since="2026-12-03",
+    )
     baseline: bool = opt(True, "also time the authors'-style loop (needs transformers)")
     profile: bool = opt(
         False, "then profile our loops: wall vs device-busy time per step, by kernel/op class"
@@ -68,6 +85,8 @@ class BenchSection:
             raise UserError(
                 "'bench.steps' and 'bench.profile_steps' must be ≥ 1, 'bench.warmup_steps' ≥ 0"
             )
+        if self.rounds < 1:
+            raise UserError(f"'bench.rounds' must be ≥ 1, got {self.rounds}")
 
 
 @dataclass
@@ -86,45 +105,142 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step_fn, device: torch.device, warmup: int, steps: int) -> dict:
-    for _ in range(warmup):
-        step_fn()
+@dataclass
+class Loop:
+    """A loop to time: one step of it, where it runs, its FLOPs, and the matmuls one step makes
+    (what its share of the machine's limit is measured against)."""
+
+    step: Callable[[], None]
+    device: torch.device
+    flops: float
+    matmuls: list[tuple[Any, list[torch.Size], torch.dtype]]
+    trainer: train.Trainer | None = None  # ours (what --bench.profile profiles)
+    log_seconds: list[float] = field(default_factory=list)  # each logging step's extra work
+
+
+MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+class _MatmulRecorder(TorchDispatchMode):
+    """Records (op, input shapes, dtype) of every matmul that runs inside it, backward included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[Any, list[torch.Size], torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in MATMUL_OPS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            self.seen.append((func, [t.shape for t in tensors], tensors[-1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+def record_matmuls(step: Callable[[], None]) -> list[tuple[Any, list[torch.Size], torch.dtype]]:
+    """The matmuls one call of `step` makes (run it eagerly: compiled code hides its ops)."""
+    with _MatmulRecorder() as recorder:
+        step()
+    return recorder.seen
+
+
+def matmul_seconds(matmuls: list, device: torch.device, repeats: int) -> float:
+    """Seconds the matmuls of one step take run back to back on fresh inputs of their shapes
+    and dtype, mean over `repeats`: the machine's limit at the loop's own shapes."""
+    inputs = [
+        (op, [torch.randn(shape, device=device, dtype=dtype) for shape in shapes])
+        for op, shapes, dtype in matmuls
+    ]
+    for op, args in inputs:  # warm
+        op(*args)
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step_fn()
+    for _ in range(repeats):
+        for op, args in inputs:
+            op(*args)
     _sync(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"steps_per_s": steps / seconds, "seconds": seconds, "peak_mem_gib": peak}
+    return (time.perf_counter() - start) / repeats
 
 
-def time_ours(
-    cfg: train.TrainConfig, warmup: int, steps: int, profile_steps: int = 0, logging: bool = False
-) -> dict:
-    """Time `Trainer.step` (with `logging`, and `Trainer.log_record` every `log_every` steps);
-    with `profile_steps`, then profile that many more steps."""
+def matmul_flops(matmuls: list) -> float:
+    """FLOPs of the recorded matmuls: 2·m·k·n each (a bias add or a batch counts as torch's)."""
+    total = 0.0
+    for _, shapes, _ in matmuls:
+        a, b = shapes[-2], shapes[-1]
+        total += 2.0 * math.prod(a) * b[-1]
+    return total
+
+
+def time_rounds(loops: dict[str, Loop], warmup: int, steps: int, rounds: int) -> dict:
+    """Time every loop in `rounds` interleaved rounds of `steps // rounds` steps, each round
+    also timing each loop's own matmuls alone (the limit); report medians over rounds. On a
+    machine whose speed drifts (a shared host, a thermal limit) the drift hits every loop and
+    its limit alike, so the ratios hold where one long timing per loop would not."""
+    rounds = min(rounds, steps)
+    per_round = steps // rounds
+    for loop in loops.values():
+        for _ in range(warmup):
+            loop.step()
+        _sync(loop.device)
+        loop.log_seconds.clear()
+    if any(loop.device.type == "cuda" for loop in loops.values()):
+        torch.cuda.reset_peak_memory_stats()
+    seconds = {name: [] for name in loops}
+    limits = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                loop.step()
+            _sync(loop.device)
+            seconds[name].append((time.perf_counter() - start) / per_round)
+            limits[name].append(matmul_seconds(loop.matmuls, loop.device, min(per_round, 20)))
+    results = {}
+    for name, loop in loops.items():
+        step_s, limit_s = statistics.median(seconds[name]), statistics.median(limits[name])
+        cuda = loop.device.type == "cuda"
+        result = {
+            "steps_per_s": 1.0 / step_s,
+            "steps_per_s_rounds": [1.0 / x for x in seconds[name]],
+            "seconds": sum(seconds[name]) * per_round,
+            "tflops": loop.flops / step_s / 1e12,
+            "matmul_ms_per_step": 1e3 * limit_s,
+            "matmul_limit_tflops": matmul_flops(loop.matmuls) / limit_s / 1e12,
+            # the share of a step the step's own matmuls would take at the machine's limit
+            "share_of_limit": statistics.median(
+                [lim / sec for lim, sec in zip(limits[name], seconds[name])]
+            ),
+            "peak_mem_gib": torch.cuda.max_memory_allocated(loop.device) / 2**30 if cuda else None,
+        }
+        if loop.trainer is not None and loop.trainer.cfg.train.log_every and loop.log_seconds:
+            timed = loop.log_seconds
+            result["log_ms"] = 1e3 * sum(timed) / len(timed)
+            result["log_share"] = sum(timed) / result["seconds"]
+        results[name] = result
+    return results
+
+
+def make_ours(cfg: train.TrainConfig, logging: bool = False) -> Loop:
+    """`Trainer.step` as train.py runs it (with `logging`, and `Trainer.log_record` every
+    `log_every` steps)."""
     trainer = train.Trainer(cfg)
-    logged = []  # seconds of each logging step's extra work
+    eager = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
+    matmuls = record_matmuls(train.Trainer(eager).step)
+    loop = Loop(
+        step=lambda: None,
+        device=trainer.device,
+        flops=flops_per_step(cfg, trainer.model),
+        matmuls=matmuls,
+        trainer=trainer,
+    )
 
     def step():
         metrics = trainer.step()
         if logging and trainer.step_count % cfg.train.log_every == 0:
             start = time.perf_counter()
             trainer.log_record(trainer.step_count, metrics)
-            logged.append(time.perf_counter() - start)
+            loop.log_seconds.append(time.perf_counter() - start)
 
-    result = _timed(step, trainer.device, warmup, steps)
-    result["tflops"] = flops_per_step(cfg, trainer.model) * result["steps_per_s"] / 1e12
-    if logging:
-        timed = logged[-(steps // cfg.train.log_every) :] if steps >= cfg.train.log_every else []
-        result["log_ms"] = 1e3 * sum(timed) / len(timed) if timed else None
-        result["log_share"] = sum(timed) / result["seconds"] if timed else None
-    if profile_steps:
-        result["profile"] = profile_ours(trainer, profile_steps)
-    return result
+    loop.step = step
+    return loop
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,8 +432,9 @@ def profile_table(name: str, p: dict, steps_per_s: float) -> str:
     return "\n".join(lines)
 
 
-def time_baseline(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
-    """The authors' loop, reproduced for timing: HF BertModel, fp32, eager attention."""
+def make_baseline(cfg: train.TrainConfig, stack: contextlib.ExitStack) -> Loop:
+    """The authors' loop, reproduced for timing: HF BertModel, fp32, eager attention. Its
+    printed lines go to /dev/null, closed when `stack` closes."""
     transformers = _transformers()
     device = utils.choose_device(cfg.train.device)
     m = cfg.model
@@ -339,7 +456,7 @@ def time_baseline(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
     optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
     sampler = MatrixSampler(cfg.data, device, seed=cfg.train.seed)
     mse = torch.nn.functional.mse_loss
-    devnull = open(os.devnull, "w")  # noqa: SIM115  closed below
+    devnull = stack.enter_context(open(os.devnull, "w"))
 
     def forward(ids):
         return read_out(backbone(input_ids=ids).last_hidden_state).squeeze(-1)
@@ -365,11 +482,8 @@ def time_baseline(cfg: train.TrainConfig, warmup: int, steps: int) -> dict:
             logged.append(mse(forward(ev.input_ids), ev.target).item())
             print(*logged, file=devnull)
 
-    with contextlib.closing(devnull):
-        result = _timed(step, device, min(3, steps), steps)
     model_like = torch.nn.ModuleDict({"backbone": backbone, "read_out": read_out})
-    result["tflops"] = flops_per_step(cfg, model_like) * result["steps_per_s"] / 1e12
-    return result
+    return Loop(step, device, flops_per_step(cfg, model_like), record_matmuls(step))
 
 
 def _transformers():
@@ -440,14 +554,17 @@ def main(cfg: BenchConfig) -> dict:
     utils.save_config(cfg, out_dir)
     precision = utils.resolve_precision(tcfg.train.precision, device)
     label = f"ours ({precision}, compile={tcfg.train.compile})"
-    profile_steps = b.profile_steps if b.profile else 0
-    runs = {label: time_ours(tcfg, b.warmup_steps, b.steps, profile_steps, b.logging)}
+    loops = {label: make_ours(tcfg, b.logging)}
     for variant, vcfg in variants.items():
-        runs[f"ours [{variant}]"] = time_ours(
-            vcfg, b.warmup_steps, b.steps, profile_steps, b.logging
-        )
-    if b.baseline:
-        runs["baseline (authors'-style loop)"] = time_baseline(tcfg, b.warmup_steps, b.steps)
+        loops[f"ours [{variant}]"] = make_ours(vcfg, b.logging)
+    with contextlib.ExitStack() as stack:
+        if b.baseline:
+            loops["baseline (authors'-style loop)"] = make_baseline(tcfg, stack)
+        runs = time_rounds(loops, b.warmup_steps, b.steps, b.rounds)
+    if b.profile:
+        for name, loop in loops.items():
+            if loop.trainer is not None:
+                runs[name]["profile"] = profile_ours(loop.trainer, b.profile_steps)
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "torch": torch.__version__,
@@ -466,10 +583,17 @@ def main(cfg: BenchConfig) -> dict:
     utils.close_figure(fig)
     utils.write_json(out_dir / "summary.json", summary)
     width = max(len(k) for k in runs)
-    print(f"{summary['device']}, {summary['tflop_per_step']:.3f} TFLOP per step")
+    print(
+        f"{summary['device']}, {summary['tflop_per_step']:.3f} TFLOP per step; medians of "
+        f"{b.rounds} interleaved rounds"
+    )
     for name, r in runs.items():
         mem = f"{r['peak_mem_gib']:.2f} GiB" if r["peak_mem_gib"] is not None else "—"
-        rate = f"{r['steps_per_s']:8.2f} steps/s  {r['tflops']:7.2f} TFLOP/s"
+        rate = (
+            f"{r['steps_per_s']:8.2f} steps/s  {r['tflops']:7.3f} TFLOP/s  "
+            f"{r['share_of_limit']:4.0%} of the limit ({r['matmul_limit_tflops']:.3f} TFLOP/s "
+            "at its own matmuls)"
+        )
         logs = ""
         if r.get("log_share") is not None:
             logs = f"  logging: {r['log_ms']:.1f} ms per log step, {r['log_share']:.2%} of the time"

@@ -15,11 +15,14 @@ How it differs from HF's `BertModel`:
     `attentions`) rather than a `ModelOutput`; `hidden_states` and `attentions` are filled exactly
     when HF fills them (embedding output first, then one entry per layer);
   - named hook points (below) and the `hooks` context manager, TransformerLens-style;
-  - with no attention-internal hook and `output_attentions=False`, attention runs through
-    `F.scaled_dot_product_attention` (the fast path); otherwise, and for bf16 on a CPU, the
-    scores and pattern are materialised (the hooked path). Both compute the same function. A
-    hook is ours (`hooks`) or torch's (`register_forward_hook` on hook_attn_scores or
-    hook_pattern, or a global module hook), so nnsight-style tools see the pattern too.
+  - query, key and value are computed by one matmul on their concatenated weights (one larger
+    GEMM instead of three small ones; the parameters and their names stay HF's);
+  - on a GPU, with no attention-internal hook and `output_attentions=False`, attention runs
+    through `F.scaled_dot_product_attention` (the fast path); otherwise, and always on a CPU
+    (where SDPA's kernels are the slower ones at these sizes: `SDPA_ON_CPU`), the scores and
+    pattern are materialised (the explicit path). Both compute the same function. A hook is
+    ours (`hooks`) or torch's (`register_forward_hook` on hook_attn_scores or hook_pattern, or
+    a global module hook), so nnsight-style tools see the pattern too.
 
 Hook points, relative to this module; B batch, T positions, D hidden, H heads, d = D / H,
 F intermediate size, `{i}` the 0-based layer:
@@ -235,6 +238,13 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+# On a CPU, SDPA's kernels are slower than the explicit path at this model's sizes: one
+# attention layer's forward and backward, fp32, 2 threads, took 1.73 vs 0.85-1.08 ms at 64 × 4
+# heads × 25 positions × 16 and 8.5 vs 7.5 ms at the paper's 16 × 8 × 49 × 96 (docs/results/
+# cpu_miniature/speed). Tests set this to compare the two paths.
+SDPA_ON_CPU = False
+
+
 class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -259,13 +269,14 @@ class BertSelfAttention(nn.Module):
         self, x: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, d = x.shape
-        q = self.hook_q(self._split(self.query(x))).transpose(1, 2)  # [B, H, T, d]
-        k = self.hook_k(self._split(self.key(x))).transpose(1, 2)
-        v = self.hook_v(self._split(self.value(x))).transpose(1, 2)
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        q, k, v = F.linear(x, weight, bias).split(d, dim=-1)
+        q = self.hook_q(self._split(q)).transpose(1, 2)  # [B, H, T, d]
+        k = self.hook_k(self._split(k)).transpose(1, 2)
+        v = self.hook_v(self._split(v)).transpose(1, 2)
         pattern = None
-        # The explicit path when the pattern is wanted, and for bf16 on a CPU, where SDPA's flash
-        # kernel is the slower one (docs/results/tiny_cpu_search: speed of one step).
-        explicit = q.device.type == "cpu" and q.dtype == torch.bfloat16
+        explicit = q.device.type == "cpu" and not SDPA_ON_CPU
         hooked = self.hook_attn_scores.active or self.hook_pattern.active
         if explicit or output_attentions or hooked:
             scores = self.hook_attn_scores(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim))

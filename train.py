@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shlex
 import sys
 import time
@@ -55,6 +56,7 @@ from modeling_bert import BertConfig, act_name
 from utils import TrainWandbConfig, UserError, opt
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 COPY_VALUE = 0.44  # the value the copy test writes at hidden entries (paper Table 1's first)
 EARLY_LOGS = 8  # extra logs within the first log_every steps (see TrainSection.logs_at)
@@ -65,7 +67,20 @@ class TrainSection:
     steps: int = opt(50_000, "optimizer steps, each on a fresh batch")
     batch_size: int = opt(256, "matrices per step")
     num_eval: int = opt(64, "fresh matrices for the eval loss at each logging step")
-    lr: float = opt(1e-4, "Adam learning rate (constant; no schedule, clipping or decay)")
+    lr: float = opt(1e-4, "Adam learning rate (no clipping or weight decay)")
+    lr_schedule: str = opt(
+        "constant",
+        "constant (the paper's), cosine (to 0 at the last step) or wsd (warm-up, stable, decay: "
+        "constant, then linear to 0 over the last decay_fraction of the steps)",
+        LR_SCHEDULES,
+        since="2026-12-03",
+    )
+    warmup_steps: int = opt(
+        0, "linear warm-up of the lr from 0 over this many steps (0: none)", since="2026-12-03"
+    )
+    decay_fraction: float = opt(
+        0.2, "wsd: the share of the steps over which the lr decays to 0", since="2026-12-03"
+    )
     seed: int = opt(0, "seed for initialisation and data")
     log_every: int = opt(
         100,
@@ -98,6 +113,25 @@ class TrainSection:
             raise UserError(f"'train.lr' must be positive, got {self.lr}")
         if self.save_every < 0 or any(s < 1 for s in self.save_steps):
             raise UserError("'train.save_every' must be ≥ 0 and 'train.save_steps' ≥ 1")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise UserError(
+                f"'train.warmup_steps' must be in [0, train.steps), got {self.warmup_steps}"
+            )
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise UserError(f"'train.decay_fraction' must be in (0, 1], got {self.decay_fraction}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the update that makes `step` (1 … steps): a pure function of the
+        step, so a resumed run follows the same schedule with nothing extra to save."""
+        if step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        if self.lr_schedule == "cosine":
+            progress = (step - self.warmup_steps) / (self.steps - self.warmup_steps)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if self.lr_schedule == "wsd":
+            decay_steps = self.decay_fraction * self.steps
+            return self.lr * min(1.0, max(self.steps - step, 0) / decay_steps)
+        return self.lr
 
     def logs_at(self, step: int) -> bool:
         """Every `log_every` steps and at the last; and, so that short runs and the quick early
@@ -189,10 +223,15 @@ class Trainer:
         """One Adam update on a fresh batch; returns that batch's metrics as device tensors."""
         if self.cudagraphs:  # outputs of the previous replay may be overwritten from here on
             torch.compiler.cudagraph_mark_step_begin()
-        batch = self.sampler.sample(self.cfg.train.batch_size)
+        t = self.cfg.train
+        batch = self.sampler.sample(t.batch_size)
         metrics = self.loss_fn(batch.input_ids, batch.target, batch.observed)
         self.optimizer.zero_grad(set_to_none=True)
         metrics["loss"].backward()
+        if t.lr_schedule != "constant" or t.warmup_steps:
+            lr = t.lr_at(self.step_count + 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.step()
         self.step_count += 1
         self.nonfinite |= ~torch.isfinite(metrics["loss"].detach())
@@ -245,6 +284,7 @@ class Trainer:
         hidden-progress measures as Python numbers (one host sync), and the eval example."""
         evaluated, example = self.evaluate()
         record = {"step": step, **utils.to_floats({**metrics, **evaluated})}
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
         record.update(utils.to_lists(self.measure_progress()))
         record.update(role_counts(record))
         return record, example

@@ -255,10 +255,12 @@ def test_logging_times_the_log_steps_too(monkeypatch):
     monkeypatch.setattr(
         bench.train.Trainer, "log_record", lambda self, step, metrics: calls.append(step)
     )
-    bench.time_ours(cfg, warmup=0, steps=12, logging=True)
+    loop = bench.make_ours(cfg, logging=True)
+    bench.time_rounds({"ours": loop}, warmup=0, steps=12, rounds=1)
     assert calls == [4, 8, 12]
     calls.clear()
-    bench.time_ours(cfg, warmup=0, steps=12, logging=False)
+    loop = bench.make_ours(cfg, logging=False)
+    bench.time_rounds({"ours": loop}, warmup=0, steps=12, rounds=1)
     assert calls == []
 
 
@@ -284,3 +286,36 @@ def test_logging_share_and_figure(tmp_path):
     assert (tmp_path / "b" / "bench.png").is_file()
     for r in runs.values():
         assert 0 < r["log_share"] < 1 and r["log_ms"] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The limit at a loop's own matmuls
+
+
+def test_the_recorded_matmuls_of_a_step_are_its_forward_and_backward_flops():
+    """Catches a recorder that misses the backward (a limit 3× too small, a share 3× too big),
+    misses addmm or bmm, or counts the FLOPs of a matmul wrongly: one step's recorded matmuls
+    must add up to 6 × tokens × the linear weights plus 12·B·T²·D per layer of attention (and
+    the sampler's U Vᵀ)."""
+    cfg = utils.load_config(bench.train.TrainConfig, ROOT / "configs/train_tiny.yaml", TINY)
+    loop = bench.make_ours(cfg)
+    model = loop.trainer.model
+    tokens = cfg.train.batch_size * cfg.data.m * cfg.data.n
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    b, t, d = cfg.train.batch_size, cfg.data.m * cfg.data.n, cfg.model.hidden_size
+    attention = 12 * b * t * t * d * cfg.model.num_hidden_layers
+    sampler = 2 * b * cfg.data.m * cfg.data.rank * cfg.data.n
+    expected = 6 * tokens * linear + attention + sampler
+    assert bench.matmul_flops(loop.matmuls) == pytest.approx(expected, rel=1e-9)
+    ops = {op.overloadpacket.__name__ for op, _, _ in loop.matmuls}
+    assert {"addmm", "mm", "bmm"} <= ops
+
+
+def test_rounds_interleave_and_report_the_share_of_the_limit(tmp_path):
+    """Catches rounds that are not all timed (a median of one), and a share of the limit that
+    is not the matmuls' time over the step's time (it must lie in (0, 1.5] on any machine)."""
+    runs = bench.main(_bench_cfg(tmp_path, "bench.steps=6", "bench.rounds=3"))["runs"]
+    (run,) = runs.values()
+    assert len(run["steps_per_s_rounds"]) == 3
+    assert 0 < run["share_of_limit"] <= 1.5 and run["matmul_limit_tflops"] > 0
+    assert run["steps_per_s"] == pytest.approx(sorted(run["steps_per_s_rounds"])[1])

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import modeling_bert
 from data import DataConfig, MatrixSampler
 from model import MatrixBert, check_heads, resolve_indices
 from modeling_bert import (
@@ -92,7 +93,10 @@ def test_outputs_only_when_asked():
     assert out.hidden_states is None and out.attentions is None
 
 
-def test_fast_and_hooked_paths_agree():
+def test_fast_and_hooked_paths_agree(monkeypatch):
+    """The SDPA path (GPUs; CPUs only when asked) and the explicit one compute the same
+    function: catches a scale, transpose or head-split slip in either."""
+    monkeypatch.setattr(modeling_bert, "SDPA_ON_CPU", True)
     model = _trained_like()
     ids = _ids()
     with torch.no_grad():
@@ -363,11 +367,12 @@ def test_intermediate_size_null_is_four_times_the_width():
     )
 
 
-def test_a_plain_torch_forward_hook_on_the_pattern_fires_and_can_ablate():
+def test_a_plain_torch_forward_hook_on_the_pattern_fires_and_can_ablate(monkeypatch):
     """Catches the fast (SDPA) path taken when only a torch hook (`register_forward_hook`, as
     nnsight and most interpretability code register) sits on hook_pattern or hook_attn_scores:
     the hook would never fire. It must see every head's pattern (rows summing to 1), leave the
     output as the fast path computes it, and be able to replace the pattern."""
+    monkeypatch.setattr(modeling_bert, "SDPA_ON_CPU", True)  # the fast path, as on a GPU
     model = _trained_like().eval()
     ids = _ids()
     fast = model(ids)
@@ -390,3 +395,15 @@ def test_a_plain_torch_forward_hook_on_the_pattern_fires_and_can_ablate():
         reference = model(ids)
     torch.testing.assert_close(ablated, reference, atol=1e-5, rtol=1e-5)
     assert not attention.hook_pattern.active  # removed: the fast path again
+
+
+def test_a_cpu_takes_the_explicit_attention_path(monkeypatch):
+    """On a CPU the explicit path is the faster one (modeling_bert.SDPA_ON_CPU): catches SDPA
+    taken there again, which slowed the CPU miniature's step."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SDPA called on a CPU")
+
+    monkeypatch.setattr(modeling_bert.F, "scaled_dot_product_attention", refuse)
+    model = _trained_like().train()
+    model(_ids()).square().mean().backward()

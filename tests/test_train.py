@@ -632,3 +632,100 @@ def test_a_long_overrides_folder_name_is_cut_but_stays_unique():
     other = utils.overrides_slug([*many[:-1], "model.hidden_size=999"], skip="train.out_dir")
     assert other != slug and other[:100] == slug[:100]
     assert utils.overrides_slug(["train.seed=1"], skip="x") == "train.seed=1"  # short: unchanged
+
+
+def _section(**kw) -> train.TrainSection:
+    return train.TrainSection(**{"steps": 100, "lr": 1e-3, **kw})
+
+
+def test_lr_schedules_at_their_ends_and_middles():
+    """Catches an off-by-one in the step index (the first update at lr 0 without warm-up), a
+    cosine that does not end at 0 or is not half-way at the middle, a wsd that decays before
+    its last decay_fraction, and a constant schedule that is not the paper's lr at every step."""
+    constant = _section()
+    assert [constant.lr_at(s) for s in (1, 50, 100)] == [1e-3] * 3
+    warm = _section(warmup_steps=10)
+    assert warm.lr_at(1) == pytest.approx(1e-4) and warm.lr_at(10) == pytest.approx(1e-3)
+    assert warm.lr_at(11) == 1e-3  # constant after the warm-up
+    cosine = _section(lr_schedule="cosine")
+    assert cosine.lr_at(1) == pytest.approx(1e-3, rel=1e-3)
+    assert cosine.lr_at(50) == pytest.approx(5e-4) and cosine.lr_at(100) == pytest.approx(0.0)
+    cosine_warm = _section(lr_schedule="cosine", warmup_steps=20)
+    assert cosine_warm.lr_at(20) == pytest.approx(1e-3) and cosine_warm.lr_at(60) == (
+        pytest.approx(5e-4)
+    )
+    wsd = _section(lr_schedule="wsd", decay_fraction=0.25)
+    assert wsd.lr_at(75) == 1e-3  # the stable phase runs to the decay's start
+    assert wsd.lr_at(76) == pytest.approx(1e-3 * 24 / 25)
+    assert wsd.lr_at(88) == pytest.approx(1e-3 * 12 / 25) and wsd.lr_at(100) == 0.0
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.warmup_steps=20", "warmup_steps"),
+        ("train.warmup_steps=-1", "warmup_steps"),
+        ("train.decay_fraction=0", "decay_fraction"),
+        ("train.decay_fraction=1.5", "decay_fraction"),
+        ("train.lr_schedule=linear", "lr_schedule"),
+    ],
+)
+def test_bad_lr_schedules_are_named(tmp_path, override, match):
+    with pytest.raises(UserError, match=match):
+        tiny_config(tmp_path, override)
+
+
+def test_the_trainer_steps_at_the_scheduled_lr_and_logs_it(tmp_path):
+    """Catches a schedule computed but never given to Adam (or given one step late), and a
+    constant run whose lr the schedule code touches."""
+    cfg = tiny_config(tmp_path, "train.lr_schedule=wsd", "train.decay_fraction=0.5")
+    trainer = train.Trainer(cfg)
+    seen = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    for _ in range(20):
+        trainer.step()
+    assert seen == [cfg.train.lr_at(s) for s in range(1, 21)]
+    assert seen[9] == cfg.train.lr and seen[-1] == 0.0
+    summary = train.main(tiny_config(tmp_path / "b", "train.lr_schedule=cosine"))
+    records = utils.read_metrics(tmp_path / "b/run/metrics.jsonl")
+    assert records[-1]["lr"] == 0.0 and summary["final_step"] == 20
+    const = train.Trainer(tiny_config(tmp_path / "c"))
+    const.step()
+    assert const.optimizer.param_groups[0]["lr"] == const.cfg.train.lr
+
+
+def test_a_scheduled_run_resumed_from_its_middle_equals_uninterrupted(tmp_path):
+    """The lr depends on the step alone: catches a schedule that restarts (or restarts its
+    warm-up) when a run resumes."""
+    sched = ("train.lr_schedule=cosine", "train.warmup_steps=4")
+    train.main(tiny_config(tmp_path / "a", *sched))
+    train.main(tiny_config(tmp_path / "b", *sched))
+    (tmp_path / "b/run/step_000020.pt").unlink()  # as if stopped at step 10
+    train.main(tiny_config(tmp_path / "b", *sched, "train.resume=true"))
+    a = torch.load(tmp_path / "a/run/step_000020.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/run/step_000020.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_config_saved_before_the_lr_schedule_existed_still_loads(tmp_path):
+    """Catches the strict loader refusing every run folder saved before 2026-12-03 (their
+    config.yaml lacks lr_schedule): such keys take the default that reproduces the old run; any
+    other missing key is still an error."""
+    saved = yaml.safe_load((ROOT / "configs/train_tiny.yaml").read_text())
+    for key in ("lr_schedule", "warmup_steps", "decay_fraction"):
+        del saved["train"][key]
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(saved))
+    cfg = utils.load_config(train.TrainConfig, path)
+    assert (cfg.train.lr_schedule, cfg.train.warmup_steps) == ("constant", 0)
+    del saved["train"]["lr"]
+    path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match="missing key 'train.lr'"):
+        utils.load_config(train.TrainConfig, path)

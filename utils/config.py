@@ -36,13 +36,22 @@ class DataRangeError(UserError):
     """Data the config asks for fall outside the vocabulary; `cli` names the config file."""
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, derived: bool = False) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    derived: bool = False,
+    since: str | None = None,
+) -> Any:
     """A config option with its help string and allowed values; lists get a fresh copy.
 
     A `derived` option is computed from others by the schema's `finalize`, which replaces any
     value a file gives (a saved, resolved config holds it); a YAML file leaves it out.
+    An option added `since` a date, whose default does what the code did before it existed, may
+    be missing from a file (a run's config.yaml saved earlier): it takes the default. Every
+    other missing key is an error.
     """
-    meta = {"help": help, "choices": choices, "derived": derived}
+    meta = {"help": help, "choices": choices, "derived": derived, "since": since}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: _copy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -123,7 +132,7 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
     for f in dataclasses.fields(cls):
         key = f"{where}{f.name}"
         if f.name not in data:
-            if f.metadata.get("derived"):
+            if f.metadata.get("derived") or f.metadata.get("since"):
                 continue
             raise UserError(f"{source}: missing key '{key}'")
         tp = hints[f.name]
