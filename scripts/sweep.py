@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -43,6 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=None,
         help="stop a run this many steps after its drop has ended (default: never)",
+    )
+    p.add_argument(
+        "--prune-at",
+        type=float,
+        default=None,
+        help="stop a run whose loss has not started to drop suddenly by this fraction of its "
+        "train.steps (successive halving's first rung; default: never)",
     )
     p.add_argument(
         "--parallel", type=int, default=os.cpu_count() or 1, help="processes at once (cores)"
@@ -73,6 +82,17 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
         "final_loss_mask": last.get("loss_mask"),
         "steps_per_s": last.get("steps_per_s"),
     }
+
+
+def pruned(run_dir: Path, fraction: float) -> bool:
+    """Past `fraction` of its train.steps with no sudden drop (train.py's detector)."""
+    records = utils.read_metrics(run_dir / "metrics.jsonl")
+    config = run_dir / "config.yaml"
+    if not records or not config.is_file():
+        return False
+    steps = yaml.safe_load(config.read_text())["train"]["steps"]
+    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    return records[-1]["step"] >= fraction * steps and drop["drop_kind"] != "sudden"
 
 
 def completed_for(run_dir: Path) -> int | None:
@@ -120,14 +140,17 @@ def main(args: argparse.Namespace) -> list[dict]:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             running.append((name, seed, run_dir, proc, log, time.time()))
         time.sleep(1)
-        check_drop = args.stop_after_drop is not None and time.time() - checked > 30
+        watching = args.stop_after_drop is not None or args.prune_at is not None
+        check_drop = watching and time.time() - checked > 30
         checked = time.time() if check_drop else checked
         for job in list(running):
             name, seed, run_dir, proc, log, started = job
             over = time.time() - started > args.time_limit
-            if check_drop and not over and proc.poll() is None:
+            if check_drop and not over and proc.poll() is None and args.stop_after_drop:
                 done = completed_for(run_dir)
                 over = done is not None and done >= args.stop_after_drop
+            if check_drop and not over and proc.poll() is None and args.prune_at is not None:
+                over = pruned(run_dir, args.prune_at)
             if proc.poll() is None and not over:
                 continue
             if proc.poll() is None:

@@ -49,3 +49,24 @@ def test_a_run_stopped_at_the_time_limit_keeps_its_checkpoint_and_summary(tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_step"] == row["last_step"] and (run / "loss.png").is_file()
     assert "SIGTERM at step" in (run / "log.txt").read_text()
+
+
+def test_prune_stops_runs_with_no_sudden_drop_past_the_rung(tmp_path):
+    """Catches pruning that stops a run before its rung, spares a flat run past it, or stops a
+    run whose loss has dropped (the successive-halving rule the CPU-miniature search uses)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sweep as sweep_script
+
+    def run(name, losses):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.yaml").write_text("train:\n  steps: 1000\n")
+        lines = [json.dumps({"step": 10 * (i + 1), "loss": v}) for i, v in enumerate(losses)]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        return folder
+
+    flat = [0.03] * 60
+    dropped = [0.03] * 30 + [0.03 * 0.8**k for k in range(1, 31)]
+    assert sweep_script.pruned(run("flat", flat), 0.5)  # 600 of 1000 steps, no drop
+    assert not sweep_script.pruned(run("early", flat), 0.7)  # before the rung
+    assert not sweep_script.pruned(run("dropped", dropped), 0.5)
