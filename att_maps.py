@@ -24,8 +24,8 @@ attention that goes to
     observed  observed positions (itself included when observed),
     hidden    hidden positions (observed + hidden = 1),
 averaged over query positions and matrices. Uniform attention would give (n−1)/T, (m−1)/T, 1/T and
-the fraction observed (the `chance` row). Each head gets a role by model.ROLE_RULE: row, column or
-self when more than half of its attention goes there, otherwise other.
+the fraction observed (the `chance` row). Each head gets a role by measures.ROLE_RULE: row,
+column or self when more than half of its attention goes there, otherwise other.
 
 The paper's claim, on a post-drop checkpoint: (layer 2, head 1) attends within rows and (layer 2,
 head 2) within columns, 1-based. Heads are interchangeable at initialisation, so in another run
@@ -46,19 +46,13 @@ from pathlib import Path
 
 import torch
 
-import utils
+from analysis import AnalysisConfig, StepsCkptSection, check_heads, open_analysis
 from data import MatrixSampler, structured_observed
-from model import (
-    ROLE_RULE,
-    ROLES,
-    SHARES,
-    attention_summary,
-    chance_shares,
-    check_heads,
-    heads_with_role,
-    open_analysis,
-)
-from utils import AnalysisConfig, StepsCkptSection, UserError, opt
+from measures import ROLE_RULE, ROLES, SHARES, attention_summary, chance_shares, heads_with_role
+from utils.config import UserError, cli, opt
+from utils.device import seed_everything
+from utils.plots import close_figure, plot_attention_grid, save_figure
+from utils.results import Table, prepare_output, write_results
 
 MASKS = ("none", "row", "col")
 
@@ -183,7 +177,7 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
         if c.get("mean_pattern") is None:
             notes.append(f"step {c['step']}: the mean pattern was not saved; figure left as is")
             continue
-        fig = utils.plot_attention_grid(
+        fig = plot_attention_grid(
             torch.tensor(c["mean_pattern"]),
             c["m"],
             c["n"],
@@ -191,8 +185,8 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
             observed,
             c.get("roles"),
         )
-        paths += utils.save_figure(fig, out_dir, f"att_maps_step{c['step']:06d}", pdf=True)
-        utils.close_figure(fig)
+        paths += save_figure(fig, out_dir, f"att_maps_step{c['step']:06d}", pdf=True)
+        close_figure(fig)
     return paths, notes
 
 
@@ -228,13 +222,13 @@ def main(cfg: Config) -> dict:
         )
         observed = mask_pattern(section, one.data.m, one.data.n)
         checked.append((one, observed, row_head, col_head))
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     summary: dict = {"mask": section.mask, "role_rule": ROLE_RULE, "checkpoints": []}
     table = []
     for (one, observed, row_head, col_head), asked in zip(checked, cfg.ckpt.sections()):
         data_cfg, model = one.data, one.model
         m, n = data_cfg.m, data_cfg.n
-        utils.seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         sampler = MatrixSampler(data_cfg, run.device, seed=cfg.seed)
         batches = sampler.sample_many(
             cfg.data.num_samples, cfg.data.batch_size, m, n, observed=observed
@@ -288,12 +282,12 @@ def main(cfg: Config) -> dict:
         "to observed / hidden keys, averaged over queries and matrices, and each head's role "
         f"({ROLE_RULE}). Layers and heads 0-based (the paper's layer 2 head 1 is layer 1 head "
         "0). `chance`: uniform attention.",
-        utils.Table(table + chance_rows, ["step", "layer", "head", *SHARES, "role"]),
+        Table(table + chance_rows, ["step", "layer", "head", *SHARES, "role"]),
     ]
-    utils.write_results(out_dir, summary, {"heads.md": heads}, cfg, "att_maps")
+    write_results(out_dir, summary, {"heads.md": heads}, cfg, "att_maps")
     print(f"outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, Config, __doc__, "configs/att_maps.yaml")
+    cli(main, Config, __doc__, "configs/att_maps.yaml", redraw=draw_figures)

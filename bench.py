@@ -3,7 +3,7 @@
     python3 bench.py --config configs/bench.yaml
     python3 bench.py --config configs/bench.yaml --bench.train_config=configs/train_tiny.yaml
 
-Ours: `train.Trainer.step` exactly as train.py runs it (precision, torch.compile, fused Adam, data
+Ours: `Trainer.step` exactly as train.py runs it (precision, torch.compile, fused Adam, data
 drawn on the device, no host sync between logging steps). Baseline, as the authors' loop does
 every step: transformers' `BertModel` with eager attention in fp32, a training step, then a second
 forward pass in eval mode, the four logged losses each read with `.item()`, an eval batch of
@@ -21,10 +21,8 @@ here ran anywhere from 110 to 157 GFLOP/s in one minute) slows all of them alike
 
 With `--bench.profile=true` each of our loops is then run for `profile_steps` more steps under
 torch.profiler, and the run's entry in summary.json gets a `profile`: wall time per step against
-the time the device was busy (on a GPU the summed kernel time; on a CPU the summed self CPU time
-of the ops, labelled "CPU op time"), split by class (`op_class`): matmul, attention, elementwise,
-optimizer (inside `Optimizer.step`/`zero_grad`), sampler (inside `MatrixSampler.sample`, which
-the bench wraps in a profiler range) and other.
+the time the device was busy, split by class (utils/profiling.py; on a CPU the busy time is the
+ops' self CPU time, labelled "CPU op time").
 """
 
 from __future__ import annotations
@@ -33,24 +31,25 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import statistics
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import train
-import utils
 from data import MatrixSampler
-from utils import UserError, opt
+from model import MatrixBert
+from trainer import TrainConfig, Trainer
+from utils.config import UserError, cli, load_config, opt, resolve_path
+from utils.device import choose_device, resolve_precision, sync
+from utils.files import write_json
+from utils.plots import close_figure, plot_style, pyplot, save_figure
+from utils.profiling import profile_ours, profile_table
+from utils.results import save_config
 
 
 @dataclass
@@ -94,15 +93,10 @@ class BenchConfig:
     bench: BenchSection = field(default_factory=BenchSection)
 
 
-def flops_per_step(cfg: train.TrainConfig, model: torch.nn.Module) -> float:
+def flops_per_step(cfg: TrainConfig, model: torch.nn.Module) -> float:
     """6 × non-embedding parameters × tokens: forward plus backward matmuls."""
     n = sum(p.numel() for name, p in model.named_parameters() if "embeddings." not in name)
     return 6.0 * n * cfg.train.batch_size * cfg.data.max_tokens
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -114,7 +108,7 @@ class Loop:
     device: torch.device
     flops: float
     matmuls: list[tuple[Any, list[torch.Size], torch.dtype]]
-    trainer: train.Trainer | None = None  # ours (what --bench.profile profiles)
+    trainer: Trainer | None = None  # ours (what --bench.profile profiles)
     log_seconds: list[float] = field(default_factory=list)  # each logging step's extra work
 
 
@@ -151,12 +145,12 @@ def matmul_seconds(matmuls: list, device: torch.device, repeats: int) -> float:
     ]
     for op, args in inputs:  # warm
         op(*args)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         for op, args in inputs:
             op(*args)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / repeats
 
 
@@ -179,7 +173,7 @@ def time_rounds(loops: dict[str, Loop], warmup: int, steps: int, rounds: int) ->
     for loop in loops.values():
         for _ in range(warmup):
             loop.step()
-        _sync(loop.device)
+        sync(loop.device)
         loop.log_seconds.clear()
     if any(loop.device.type == "cuda" for loop in loops.values()):
         torch.cuda.reset_peak_memory_stats()
@@ -190,7 +184,7 @@ def time_rounds(loops: dict[str, Loop], warmup: int, steps: int, rounds: int) ->
             start = time.perf_counter()
             for _ in range(per_round):
                 loop.step()
-            _sync(loop.device)
+            sync(loop.device)
             seconds[name].append((time.perf_counter() - start) / per_round)
             limits[name].append(matmul_seconds(loop.matmuls, loop.device, min(per_round, 20)))
     results = {}
@@ -218,12 +212,12 @@ def time_rounds(loops: dict[str, Loop], warmup: int, steps: int, rounds: int) ->
     return results
 
 
-def make_ours(cfg: train.TrainConfig, logging: bool = False) -> Loop:
+def make_ours(cfg: TrainConfig, logging: bool = False) -> Loop:
     """`Trainer.step` as train.py runs it (with `logging`, and `Trainer.log_record` every
     `log_every` steps)."""
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     eager = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False))
-    matmuls = record_matmuls(train.Trainer(eager).step)
+    matmuls = record_matmuls(Trainer(eager).step)
     loop = Loop(
         step=lambda: None,
         device=trainer.device,
@@ -243,200 +237,11 @@ def make_ours(cfg: train.TrainConfig, logging: bool = False) -> Loop:
     return loop
 
 
-# ----------------------------------------------------------------------------------------------
-# Profiling our step: where the time of a step goes
-
-CLASSES = ("matmul", "attention", "elementwise", "optimizer", "sampler", "other")
-SAMPLER_RANGE = "bench.sampler"  # the profiler range around MatrixSampler.sample
-# (class, pattern) in order, first match wins, case-insensitive; names are CPU ops (`aten::addmm`),
-# autograd nodes, profiler ranges (`Optimizer.step#Adam.step`) and CUDA kernels. Optimizer and
-# attention come first because their kernels' names contain "mul" / "cutlass". The explicit
-# attention path (bf16 on a CPU) computes scores and output with bmm, which counts as matmul.
-_ELEMENTWISE_OPS = (
-    "add|sub|rsub|mul|div|neg|pow|sqrt|rsqrt|exp|log|abs|sign|clamp|where|masked_fill|fill|zero|"
-    "zeros|zeros_like|ones|ones_like|copy|to_copy|to|clone|contiguous|gelu|relu|tanh|sigmoid|"
-    "dropout|native_dropout|mse_loss|sum|mean|square|isfinite|isnan|isinf|bitwise_not|bitwise_or|"
-    "logical_not|eq|ne|lt|gt|le|ge|maximum|minimum|lerp|addcmul|addcdiv"
-)
-_CLASS_PATTERNS = tuple(
-    (cls, re.compile(pattern, re.IGNORECASE))
-    for cls, pattern in (
-        ("sampler", rf"^{re.escape(SAMPLER_RANGE)}$"),
-        ("optimizer", r"^optimizer\.|adam|_foreach_|multi_tensor_apply"),
-        ("attention", r"scaled_dot_product|attention|flash|fmha|softmax"),
-        (
-            "matmul",
-            r"^aten::_?(mm|addmm|bmm|baddbmm|matmul|linear|addmm_activation|scaled_mm)$"
-            r"|gemm|gemv|cutlass|cublas|xmma|mmbackward|triton_tem_",
-        ),
-        (
-            "elementwise",
-            rf"^aten::_?({_ELEMENTWISE_OPS})(_|_backward)?$"
-            r"|elementwise|reduce_kernel|layer_?norm|gelu|triton_(poi|red|per)_|memcpy|memset",
-        ),
-    )
-)
-# Classes that claim everything inside them (the kernels an optimizer step or a sampler launches,
-# the bmm of a math-path SDPA); the others describe one op or kernel by itself.
-_RANGE_CLASSES = ("sampler", "optimizer", "attention")
-
-
-def op_class(name: str) -> str:
-    """The class of one CPU op, autograd node, profiler range or CUDA kernel name."""
-    return next((cls for cls, pattern in _CLASS_PATTERNS if pattern.search(name)), "other")
-
-
-def attribute(chain: list[str]) -> str:
-    """The class of a piece of work, from its names innermost first: a kernel (on a GPU), the op
-    that ran or launched it, then that op's enclosing ops and ranges. The outermost range class
-    (sampler, optimizer, attention) wins; otherwise the innermost name with a class does (an
-    allocation inside `aten::_to_copy` is elementwise, an unknown kernel takes its op's class)."""
-    classes = [op_class(name) for name in chain]
-    ranged = [c for c in classes if c in _RANGE_CLASSES]
-    if ranged:
-        return ranged[-1]
-    return next((c for c in classes if c != "other"), "other")
-
-
-def _names_up(event) -> list[str]:
-    """The event's name, then those of its enclosing CPU events (same thread), innermost first."""
-    names = []
-    while event is not None:
-        names.append(event.name)
-        event = event.cpu_parent
-    return names
-
-
-def _host_work(events) -> Iterator[tuple[list[str], float]]:
-    """(names, µs) of each CPU op's self time; ranges (record_function) are not ops, and their
-    self time is Python between ops, left in wall − busy."""
-    for e in events:
-        if e.device_type == DeviceType.CPU and not e.is_user_annotation:
-            yield _names_up(e), e.self_cpu_time_total
-
-
-def _device_work(events) -> Iterator[tuple[list[str], float]]:
-    """(names, µs) of each GPU kernel: its name, then the op that launched it and that op's
-    enclosing ones. NOT YET RUN ON A GPU (written against torch 2.13's profiler_util).
-
-    A range also appears on the GPU timeline as a span (gpu_user_annotation, a device event with
-    `is_user_annotation`) that the profiler may list among the range's kernels: skipped here.
-    """
-    spans = Counter(
-        (e.name, e.device_time_total)
-        for e in events
-        if e.device_type != DeviceType.CPU and e.is_user_annotation
-    )
-    for e in events:
-        if e.device_type != DeviceType.CPU:
-            continue
-        for k in e.kernels:
-            if spans[(k.name, k.duration)] > 0:
-                spans[(k.name, k.duration)] -= 1
-                continue
-            yield [k.name, *_names_up(e)], k.duration
-
-
-def breakdown(work: Iterable[tuple[list[str], float]]) -> tuple[dict, dict]:
-    """({class: µs}, {(innermost name, class): µs}) of (names, µs) pieces of work."""
-    by_class, by_name = dict.fromkeys(CLASSES, 0.0), defaultdict(float)
-    for names, us in work:
-        cls = attribute(names)
-        by_class[cls] += us
-        by_name[names[0], cls] += us
-    return by_class, dict(by_name)
-
-
-@contextlib.contextmanager
-def in_range(obj, method: str, name: str) -> Iterator[None]:
-    """While inside, `obj.<method>` runs inside a profiler range `name` (an instance attribute
-    shadows the class's method, and is removed on leaving)."""
-    inner = getattr(obj, method)
-
-    def wrapped(*args, **kwargs):
-        with record_function(name):
-            return inner(*args, **kwargs)
-
-    setattr(obj, method, wrapped)
-    try:
-        yield
-    finally:
-        delattr(obj, method)
-
-
-def profile_ours(trainer: train.Trainer, steps: int, top: int = 10) -> dict:
-    """Run `steps` more steps under torch.profiler: per-step wall time (profiler on), the device's
-    busy time and its split by class (ms), host time inside the sampler and optimizer ranges, and
-    the `top` kernels/ops by time."""
-    cuda = trainer.device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with (
-        in_range(trainer.sampler, "sample", SAMPLER_RANGE),
-        torch.profiler.profile(activities=activities) as prof,
-    ):
-        _sync(trainer.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.step()
-        _sync(trainer.device)
-        wall_ms = (time.perf_counter() - start) * 1e3 / steps
-    events = prof.events()
-    by_class, by_name = breakdown(_device_work(events) if cuda else _host_work(events))
-    busy = sum(by_class.values())
-    unlinked = None
-    if cuda:  # busy as torch's own table totals it; should equal the kernels linked to an op
-        busy = sum(
-            e.self_device_time_total
-            for e in events
-            if e.device_type != DeviceType.CPU and not e.is_user_annotation
-        )
-        unlinked = (busy - sum(by_class.values())) * 1e-3 / steps
-    ranges = defaultdict(float)
-    for e in events:
-        if e.device_type == DeviceType.CPU and e.is_user_annotation:
-            if (cls := op_class(e.name)) in ("sampler", "optimizer"):
-                ranges[cls] += e.cpu_time_total
-    ms = 1e-3 / steps  # µs over all steps -> ms per step
-    return {
-        "steps": steps,
-        "busy_is": "GPU kernel time" if cuda else "CPU op time (self CPU time of the ops)",
-        "wall_ms_per_step": wall_ms,
-        "busy_ms_per_step": busy * ms,
-        "busy_share_of_wall": busy * ms / wall_ms,
-        "unlinked_kernel_ms_per_step": unlinked,  # GPU only: busy minus the classes' sum
-        "ms_per_step": {cls: us * ms for cls, us in by_class.items()},
-        "range_host_ms_per_step": {cls: ranges[cls] * ms for cls in ("sampler", "optimizer")},
-        "top": [
-            {"name": name, "class": cls, "ms_per_step": us * ms}
-            for (name, cls), us in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
-        ],
-    }
-
-
-def profile_table(name: str, p: dict, steps_per_s: float) -> str:
-    """A few lines for the terminal: wall vs busy, then the classes."""
-    busy = p["busy_ms_per_step"]
-    lines = [
-        f"profile of {name}, {p['steps']} steps; busy = {p['busy_is']}",
-        f"  wall {p['wall_ms_per_step']:.2f} ms/step with the profiler on "
-        f"({1e3 / steps_per_s:.2f} ms/step timed without it); busy {busy:.2f} ms/step "
-        f"({p['busy_share_of_wall']:.0%} of the wall)",
-        f"  {'class':<12} {'ms/step':>8} {'of busy':>8}",
-    ]
-    for cls, value in p["ms_per_step"].items():
-        lines.append(f"  {cls:<12} {value:8.2f} {value / busy if busy else 0:8.0%}")
-    if p["unlinked_kernel_ms_per_step"] is not None:
-        lines.append(f"  {'unlinked':<12} {p['unlinked_kernel_ms_per_step']:8.2f}  (kernels)")
-    host = ", ".join(f"{k} {v:.2f}" for k, v in p["range_host_ms_per_step"].items())
-    lines.append(f"  host time inside the ranges (ms/step): {host}")
-    return "\n".join(lines)
-
-
-def make_baseline(cfg: train.TrainConfig, stack: contextlib.ExitStack) -> Loop:
+def make_baseline(cfg: TrainConfig, stack: contextlib.ExitStack) -> Loop:
     """The authors' loop, reproduced for timing: HF BertModel, fp32, eager attention. Its
     printed lines go to /dev/null, closed when `stack` closes."""
     transformers = _transformers()
-    device = utils.choose_device(cfg.train.device)
+    device = choose_device(cfg.train.device)
     m = cfg.model
     hf_cfg = transformers.BertConfig(
         vocab_size=m.vocab_size,
@@ -496,7 +301,7 @@ def _transformers():
 
 def prepare_out_dir(path: str) -> Path:
     """The output folder, created; one that holds a bench's summary.json is refused."""
-    out_dir = utils.resolve_path(path)
+    out_dir = resolve_path(path)
     if (out_dir / "summary.json").exists():
         raise UserError(
             f"{out_dir} already holds a summary.json; choose another --bench.out_dir "
@@ -511,10 +316,10 @@ def prepare_out_dir(path: str) -> Path:
 def plot_runs(summary: dict) -> Any:
     """bench.png: steps/s of every loop timed, side by side, with the share of the time spent in
     logging steps where it was timed (bench.logging)."""
-    plt = utils.pyplot()
+    plt = pyplot()
     runs = summary["runs"]
     names = list(runs)
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.6), layout="constrained")
         rates = [runs[k]["steps_per_s"] for k in names]
         bars = ax.barh(range(len(names)), rates, color="tab:blue")
@@ -539,20 +344,17 @@ def plot_runs(summary: dict) -> Any:
 def main(cfg: BenchConfig) -> dict:
     b = cfg.bench
     # Every input is checked before anything is written or timed.
-    base_path = utils.resolve_path(b.train_config)
-    tcfg = utils.load_config(train.TrainConfig, base_path, b.overrides)
-    variants = {
-        v: utils.load_config(train.TrainConfig, base_path, b.overrides + v.split())
-        for v in b.variants
-    }
-    device = utils.choose_device(tcfg.train.device)
+    base_path = resolve_path(b.train_config)
+    tcfg = load_config(TrainConfig, base_path, b.overrides)
+    variants = {v: load_config(TrainConfig, base_path, b.overrides + v.split()) for v in b.variants}
+    device = choose_device(tcfg.train.device)
     for vcfg in variants.values():
-        utils.choose_device(vcfg.train.device)
+        choose_device(vcfg.train.device)
     if b.baseline:
         _transformers()
     out_dir = prepare_out_dir(b.out_dir)
-    utils.save_config(cfg, out_dir)
-    precision = utils.resolve_precision(tcfg.train.precision, device)
+    save_config(cfg, out_dir)
+    precision = resolve_precision(tcfg.train.precision, device)
     label = f"ours ({precision}, compile={tcfg.train.compile})"
     loops = {label: make_ours(tcfg, b.logging)}
     for variant, vcfg in variants.items():
@@ -571,7 +373,7 @@ def main(cfg: BenchConfig) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "train_config": str(b.train_config),
         "overrides": b.overrides,
-        "tflop_per_step": flops_per_step(tcfg, train.MatrixBert(tcfg.model)) / 1e12,
+        "tflop_per_step": flops_per_step(tcfg, MatrixBert(tcfg.model)) / 1e12,
         "runs": runs,
     }
     if b.baseline:
@@ -579,9 +381,9 @@ def main(cfg: BenchConfig) -> dict:
             runs[label]["steps_per_s"] / runs["baseline (authors'-style loop)"]["steps_per_s"]
         )
     fig = plot_runs(summary)
-    utils.save_figure(fig, out_dir, "bench")
-    utils.close_figure(fig)
-    utils.write_json(out_dir / "summary.json", summary)
+    save_figure(fig, out_dir, "bench")
+    close_figure(fig)
+    write_json(out_dir / "summary.json", summary)
     width = max(len(k) for k in runs)
     print(
         f"{summary['device']}, {summary['tflop_per_step']:.3f} TFLOP per step; medians of "
@@ -608,4 +410,4 @@ def main(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    utils.cli(main, BenchConfig, __doc__, "configs/bench.yaml")
+    cli(main, BenchConfig, __doc__, "configs/bench.yaml")

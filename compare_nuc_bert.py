@@ -5,7 +5,7 @@
 
 For each p_mask of `compare.p_masks` (the paper: 0.10 to 0.60 by 0.05, 512 matrices each) it
 draws matrices like the checkpoint's training data, fills them in with the BERT and with the exact
-nuclear-norm minimiser (min ‖X‖* subject to agreeing on the observed entries; cvx_nuc_norm.py) on
+nuclear-norm minimiser (min ‖X‖* subject to agreeing on the observed entries; nuclear_norm.py) on
 the same matrices, and reports the MSE of each over all, observed and hidden entries, and the mean
 nuclear norm of the BERT's predicted matrix, of the minimiser and of the true matrix. The paper
 finds the BERT's MSE below the minimiser's at the training p_mask.
@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cvx_nuc_norm
-import utils
-from model import open_analysis, predict
-from utils import AnalysisConfig, UserError, opt
+from analysis import AnalysisConfig, open_analysis
+from measures import predict
+from nuclear_norm import SOLVERS, compare_with
+from utils.config import UserError, cli, opt
+from utils.plots import plot_style, pyplot, save_figure
+from utils.results import Table, prepare_output, write_results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,9 +36,7 @@ P_MASKS = [round(0.10 + 0.05 * i, 2) for i in range(11)]
 @dataclass
 class CompareSection:
     p_masks: list[float] = opt(P_MASKS, "probabilities of hiding an entry, one point each")
-    solver: str = opt(
-        "ipm", "nuclear-norm solver: ipm (batched, ours) or a cvxpy one", cvx_nuc_norm.SOLVERS
-    )
+    solver: str = opt("ipm", "nuclear-norm solver: ipm (batched, ours) or a cvxpy one", SOLVERS)
 
     def __post_init__(self) -> None:
         if not self.p_masks or any(not 0.0 <= p < 1.0 for p in self.p_masks):
@@ -69,12 +69,12 @@ def plot(summary: dict) -> Figure:
     """Two panels against p_mask: MSE over all and hidden entries (log scale) and the mean nuclear
     norm (linear: it spans a few percent); the checkpoint's training p_mask marked on both
     (where summary.json has it: runs before it was saved lack `train_p_mask`)."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     rows = summary["rows"]
     p = [r["p_mask"] for r in rows]
     train_p = summary.get("train_p_mask")
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, (ax_mse, ax_norm) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
         for who, label, color in (("bert", "BERT", "C0"), ("nuc", "nuclear-norm min.", "C3")):
             ax_mse.plot(p, [r[f"{who}_loss"] for r in rows], "o-", color=color, label=label)
@@ -103,13 +103,13 @@ def plot(summary: dict) -> Figure:
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """compare_nuc_bert.png/.pdf from summary.json's numbers alone (scripts/redraw.py uses it too).
     Returns the files written and, per figure drawn without some of its numbers, what is missing."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     missing = []
     if summary.get("train_p_mask") is None:
         missing.append("compare_nuc_bert.png: no training-p_mask marker (train_p_mask not saved)")
     fig = plot(summary)
-    paths = utils.save_figure(fig, out_dir, "compare_nuc_bert", pdf=True)
+    paths = save_figure(fig, out_dir, "compare_nuc_bert", pdf=True)
     plt.close(fig)
     return paths, missing
 
@@ -117,14 +117,14 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
 def main(cfg: CompareConfig) -> dict:
     run = open_analysis(cfg, sampler_device="cpu")
     model, ckpt, data_cfg, device = run.model, run.ckpt, run.data, run.device
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     rows = []
     for p_mask in cfg.compare.p_masks:
         batch = run.sampler.sample(cfg.data.num_samples, p_mask=p_mask)
         rows.append(
             {
                 "p_mask": p_mask,
-                **cvx_nuc_norm.compare_with(
+                **compare_with(
                     predict(model, batch.input_ids, cfg.data.batch_size, device),
                     batch,
                     cfg.compare.solver,
@@ -150,8 +150,8 @@ def main(cfg: CompareConfig) -> dict:
     title = figure_title(summary)
     columns = ["p_mask", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
     columns += ["bert_loss_mask", "nuc_loss_mask", "bert_norm", "nuc_norm", "true_norm", "unsolved"]
-    table = utils.Table(rows, columns)
-    utils.write_results(out_dir, summary, {"table.md": [table]}, cfg, "compare_nuc_bert")
+    table = Table(rows, columns)
+    write_results(out_dir, summary, {"table.md": [table]}, cfg, "compare_nuc_bert")
     print(title)
     print(table.markdown(), end="")
     print(
@@ -163,4 +163,4 @@ def main(cfg: CompareConfig) -> dict:
 
 
 if __name__ == "__main__":
-    utils.cli(main, CompareConfig, __doc__, "configs/compare_nuc_bert.yaml")
+    cli(main, CompareConfig, __doc__, "configs/compare_nuc_bert.yaml", redraw=draw_figures)

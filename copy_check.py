@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-import utils
+from analysis import AnalysisConfig, StepsCkptSection, open_analysis
 from data import Batch, DataConfig, value_at_hidden
-from model import open_analysis, predict
-from utils import LOSSES, AnalysisConfig, StepsCkptSection, opt
+from measures import LOSSES, masked_mse, predict
+from utils.config import cli, opt
+from utils.floats import finite_or_none, to_floats
+from utils.results import Table, prepare_output, write_results
 
 
 @dataclass
@@ -71,10 +73,10 @@ def measure(pred: torch.Tensor, condition: Condition) -> dict:
     """L, L_obs, L_mask against the true matrix, and the MSE to the given value at hidden
     entries (None where hidden entries were MASK)."""
     c = condition
-    metrics = utils.to_floats(utils.masked_mse(pred, c.target, c.observed))
+    metrics = to_floats(masked_mse(pred, c.target, c.observed))
     hidden = pred[~c.observed].double()
     to_value = None if c.value is None else (hidden - c.value).square().mean().item()
-    losses = {k: utils.finite_or_none(metrics[k]) for k in LOSSES}
+    losses = {k: finite_or_none(metrics[k]) for k in LOSSES}
     return {**losses, "mse_to_value": to_value}
 
 
@@ -90,7 +92,7 @@ def check_model(model, conds: list[Condition], batch_size: int, device) -> list[
 def main(cfg: CopyCheckConfig) -> dict:
     run = open_analysis(cfg, sampler_device="cpu")  # every checkpoint sees the first one's data
     data_cfg = run.data
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     batch = run.sampler.sample(cfg.data.num_samples)
     random_batch = run.sampler.sample_full_rank(cfg.data.num_samples)
     conds = conditions(batch, random_batch, cfg.copy.replace_values, data_cfg)
@@ -99,13 +101,13 @@ def main(cfg: CopyCheckConfig) -> dict:
         for row in check_model(one.model, conds, cfg.data.batch_size, run.device):
             rows.append({"step": one.step, **row})
     columns = ["step", "input", *LOSSES, "mse_to_value"]
-    table = utils.Table(rows, columns)
+    table = Table(rows, columns)
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}
-    utils.write_results(out_dir, summary, {"table.md": [table]}, cfg, "copy_check")
+    write_results(out_dir, summary, {"table.md": [table]}, cfg, "copy_check")
     print(f"{data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, p_mask {data_cfg.p_mask}")
     print(table.markdown() + f"outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, CopyCheckConfig, __doc__, "configs/copy_check.yaml")
+    cli(main, CopyCheckConfig, __doc__, "configs/copy_check.yaml")

@@ -18,7 +18,7 @@ rounded value, i.e. exactly what the token encodes. We round the integer k = rou
 and build the id from it. The authors' code converted the rounded float32 value with a truncating
 cast; for their BERT's ids that gives the exact id for every value with |v| ≤ 5 (checked in float32:
 no value is off), while their GPT's tokenizer (offset 200 instead of 1000) is one id low for −1.20,
-−1.19, −1.08 and −1.07 (src/gpt/data.py rounds the integer as here).
+−1.19, −1.08 and −1.07 (src/gpt/sequences.py rounds the integer as here).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from utils import DataRangeError, UserError, opt
+from utils.config import DataRangeError, UserError, opt
 
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace")
 
@@ -158,6 +159,30 @@ def value_at_hidden(batch: Batch, value: float, cfg: DataConfig) -> tuple[torch.
     filled = torch.where(batch.observed, batch.target, value).reshape(shape)
     everywhere = torch.ones_like(batch.observed).reshape(shape)
     return tokenize(filled, everywhere, cfg.prec, cfg.min_vocab, cfg.max_vocab), value
+
+
+def value_tokens(
+    cfg: DataConfig, value_min: float, value_max: float, key: str = "value_min/value_max"
+) -> tuple[np.ndarray, list]:
+    """(every representable value in [value_min, value_max], its token id); an error names the
+    config `key` that chose the range."""
+    if value_min < cfg.min_vocab or value_max > cfg.max_vocab:
+        raise UserError(
+            f"{key} [{value_min}, {value_max}] leave the checkpoint's "
+            f"vocabulary [{cfg.min_vocab}, {cfg.max_vocab}]"
+        )
+    scale = 10**cfg.prec
+    k = np.arange(
+        int(np.ceil(value_min * scale - 1e-9)), int(np.floor(value_max * scale + 1e-9)) + 1
+    )
+    if len(k) < 3:
+        raise UserError(f"{key} hold {len(k)} values at prec {cfg.prec}; need ≥ 3")
+    values = k / scale
+    observed = torch.ones(1, len(k), dtype=torch.bool)
+    ids = tokenize(
+        torch.tensor(values).view(1, -1), observed, cfg.prec, cfg.min_vocab, cfg.max_vocab
+    )
+    return values, ids.tolist()
 
 
 def structured_observed(

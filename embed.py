@@ -16,12 +16,12 @@ scripts/redraw.py can redraw them), table.md and its figures (PNG, and PDF for t
   pos_tsne        t-SNE of those positional embeddings, coloured by column (Fig. 7) and by row.
                   Checks: silhouette scores of the embeddings grouped by column and by row, in
                   the embedding space itself (raw) and after t-SNE; `groups_by` names the axis
-                  the raw ones favour (utils.better_axis: row, column or neither).
+                  the raw ones favour (better_axis: row, column or neither).
   token_progress  token_pca at each of `ckpt.steps`, projected on the final checkpoint's PCs.
   pos_progress    pos_tsne at each of `ckpt.steps` (both colourings).
   permute         the loss before and after randomly permuting the positional embeddings the
                   matrix uses, over `embed.num_permutations` permutations, on `data.num_samples`
-                  fresh matrices (utils.masked_mse: all, observed and hidden entries).
+                  fresh matrices (masked_mse: all, observed and hidden entries).
 
 The paper, after the drop: the norm is symmetric about 0, the two PCs encode magnitude and sign,
 positional embeddings cluster by column, and permuting them breaks the model. Token ids are made
@@ -39,11 +39,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-import data
-import utils
-from data import DataConfig, MatrixSampler
-from model import MatrixBert, evaluate, load_from_section, open_analysis
-from utils import LOSSES, AnalysisConfig, CkptSection, UserError, opt
+from analysis import AnalysisConfig, CkptSection, load_from_section, open_analysis
+from data import DataConfig, MatrixSampler, value_tokens
+from measures import LOSSES, evaluate
+from model import MatrixBert
+from utils.config import UserError, cli, opt, resolve_path
+from utils.files import atomic_write_text
 from utils.geometry import (
     cluster_scores,
     fit_pca,
@@ -53,6 +54,17 @@ from utils.geometry import (
     tsne_2d,
     value_bins,
 )
+from utils.plots import (
+    plain_log_ticks,
+    plot_curve,
+    plot_highlight,
+    plot_scatter_panels,
+    plot_style,
+    pyplot,
+    save_figure,
+)
+from utils.results import Table, prepare_output, write_results
+from utils.runs import checkpoints
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -110,29 +122,6 @@ class EmbedConfig(AnalysisConfig):
 
 # ----------------------------------------------------------------------------------------------
 # Embeddings and their measures
-
-
-def value_tokens(cfg: DataConfig, value_min: float, value_max: float) -> tuple[np.ndarray, list]:
-    """(every representable value in [value_min, value_max], its token id), via data.tokenize."""
-    if value_min < cfg.min_vocab or value_max > cfg.max_vocab:
-        raise UserError(
-            f"embed.value_min/value_max [{value_min}, {value_max}] leave the checkpoint's "
-            f"vocabulary [{cfg.min_vocab}, {cfg.max_vocab}]"
-        )
-    scale = 10**cfg.prec
-    k = np.arange(
-        int(np.ceil(value_min * scale - 1e-9)), int(np.floor(value_max * scale + 1e-9)) + 1
-    )
-    if len(k) < 3:
-        raise UserError(
-            f"embed.value_min/value_max hold {len(k)} values at prec {cfg.prec}; need ≥ 3"
-        )
-    values = k / scale
-    observed = torch.ones(1, len(k), dtype=torch.bool)
-    ids = data.tokenize(
-        torch.tensor(values).view(1, -1), observed, cfg.prec, cfg.min_vocab, cfg.max_vocab
-    )
-    return values, ids.tolist()
 
 
 def token_embeddings(model: MatrixBert, ids: list[int]) -> np.ndarray:
@@ -229,7 +218,7 @@ def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
         **norm_symmetry(ctx.values, norms),
     }
     csv = "value,norm\n" + "".join(f"{v:g},{x:.6g}\n" for v, x in zip(ctx.values, norms))
-    utils.atomic_write_text(ctx.out_dir / "token_norm.csv", csv)
+    atomic_write_text(ctx.out_dir / "token_norm.csv", csv)
     summary["figure"] = {"values": rounded(ctx.values), "norms": rounded(norms)}
     return summary, _as_rows(summary)
 
@@ -237,7 +226,7 @@ def run_token_norm(ctx: Context) -> tuple[dict, list[dict]]:
 def _token_norm_figures(s: dict) -> dict:
     f = s["figure"]
     title = f"ℓ2 norm of each value token's embedding (step {s['step']})"
-    return {"token_norm": utils.plot_curve(f["values"], f["norms"], "value", "ℓ2 norm", title)}
+    return {"token_norm": plot_curve(f["values"], f["norms"], "value", "ℓ2 norm", title)}
 
 
 def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
@@ -257,7 +246,7 @@ def run_token_pca(ctx: Context) -> tuple[dict, list[dict]]:
 def _token_figures(s: dict, panels: list, stem: str, title: str, axes: tuple) -> dict:
     """Value tokens' PCs, coloured by value bin, one panel per checkpoint (shared axes)."""
     groups, labels = _bins(s)
-    fig = utils.plot_scatter_panels(
+    fig = plot_scatter_panels(
         panels,
         groups,
         labels,
@@ -290,7 +279,7 @@ def run_pos_norm(ctx: Context) -> tuple[dict, list[dict]]:
     csv = "position,row,column,norm\n" + "".join(
         f"{p},{p // ctx.n},{p % ctx.n},{x:.6g}\n" for p, x in enumerate(norms)
     )
-    utils.atomic_write_text(ctx.out_dir / "pos_norm.csv", csv)
+    atomic_write_text(ctx.out_dir / "pos_norm.csv", csv)
     summary["figure"] = {"norms": rounded(norms)}
     return summary, _as_rows(summary)
 
@@ -300,7 +289,7 @@ def _pos_norm_figures(s: dict) -> dict:
     title = f"ℓ2 norm of each positional embedding of the {s['m']}×{n} matrix (step {s['step']})"
     xlabel = "position i·n + j (row-major, 0-based; ticks at row starts)"
     x = np.arange(len(norms))
-    return {"pos_norm": utils.plot_curve(x, norms, xlabel, "ℓ2 norm", title, xticks=x[::n])}
+    return {"pos_norm": plot_curve(x, norms, xlabel, "ℓ2 norm", title, xticks=x[::n])}
 
 
 def _pos_tsne(model: MatrixBert, ctx: Context) -> tuple[np.ndarray, dict]:
@@ -331,7 +320,7 @@ def _pos_tsne_figures(s: dict) -> dict:
             f"in each panel one {kind}'s {count} positions in red, the rest grey"
         )
         labels = [f"{kind} {i + 1} (1-based)" for i in range(count)]
-        figures[f"pos_tsne_{kind}"] = utils.plot_highlight(
+        figures[f"pos_tsne_{kind}"] = plot_highlight(
             s["figure"]["coords"], groups, labels, title=title, axes_labels=("t-SNE 1", "t-SNE 2")
         )
     return figures
@@ -342,7 +331,7 @@ def progress_steps(cfg: EmbedConfig) -> list[int]:
     section = cfg.ckpt
     if section.path:
         raise UserError(f"{cfg.exp_type} needs ckpt.run with ckpt.steps; ckpt.path names one file")
-    steps = section.steps or list(utils.checkpoints(utils.resolve_path(section.run)))
+    steps = section.steps or list(checkpoints(resolve_path(section.run)))
     if not steps:
         raise UserError(f"no checkpoints in {section.run} for {cfg.exp_type}")
     return steps
@@ -403,7 +392,7 @@ def _pos_progress_figures(s: dict) -> dict:
             f"coloured by {kind} (each panel is its own t-SNE)"
         )
         labels = [f"{kind} {i + 1}" for i in range(count)]
-        figures[f"pos_progress_{kind}"] = utils.plot_scatter_panels(
+        figures[f"pos_progress_{kind}"] = plot_scatter_panels(
             panels,
             groups,
             labels,
@@ -450,12 +439,12 @@ def run_permute(ctx: Context) -> tuple[dict, list[dict]]:
 def plot_permute(summary: dict) -> Figure:
     """The loss with the original positional embeddings, with each random permutation of them, and
     the permutations' mean, per set of entries, log scale; the factor mean / original written."""
-    plt = utils.pyplot()
+    plt = pyplot()
     after = summary["permutations"]
     keys = [("loss", "all"), ("loss_obs", "observed"), ("loss_mask", "hidden")]
     keys = [(k, label) for k, label in keys if summary[f"{k}_before"] is not None]
     spread = np.linspace(-0.08, 0.08, len(after)) if len(after) > 1 else np.zeros(1)
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
         for i, (k, _) in enumerate(keys):
             before, each = summary[f"{k}_before"], [a[k] for a in after]
@@ -482,7 +471,7 @@ def plot_permute(summary: dict) -> Figure:
         ax.set_xlabel("entries the MSE is taken over")
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set(ylabel="MSE (log scale)", yscale="log")
-        utils.plain_log_ticks(ax)
+        plain_log_ticks(ax)
         ax.margins(y=0.25)
         ax.set_title(
             f"Loss before and after permuting the positional embeddings\n(step {summary['step']}, "
@@ -520,10 +509,10 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     if summary["exp_type"] != "permute" and "figure" not in summary:
         why = "its points were not saved (summary.json has no 'figure' entry)"
         return [], [f"{stem}.png: {why}" for stem in experiment.stems]
-    plt = utils.pyplot()
+    plt = pyplot()
     paths = []
     for stem, fig in experiment.figures(summary).items():
-        paths += utils.save_figure(fig, out_dir, stem, pdf=stem != "permute")
+        paths += save_figure(fig, out_dir, stem, pdf=stem != "permute")
         plt.close(fig)
     return paths, []
 
@@ -531,17 +520,19 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
 def main(cfg: EmbedConfig) -> dict:
     run = open_analysis(cfg)
     model, ckpt, data_cfg, device = run.model, run.ckpt, run.data, run.device
-    values, ids = value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
+    values, ids = value_tokens(
+        data_cfg, cfg.embed.value_min, cfg.embed.value_max, "embed.value_min/value_max"
+    )
     if cfg.exp_type.endswith("progress"):  # every checkpoint loads before anything is written
         for step in progress_steps(cfg):
             load_from_section(cfg.ckpt, device, step=step)
-    out_dir = utils.prepare_output(Path(cfg.out_dir) / cfg.exp_type, cfg)
+    out_dir = prepare_output(Path(cfg.out_dir) / cfg.exp_type, cfg)
     ctx = Context(cfg, model, ckpt.get("step"), data_cfg, values, ids, out_dir, device)
     summary, rows = EXPERIMENTS[cfg.exp_type].run(ctx)
     summary = {"exp_type": cfg.exp_type, **summary}
     draw_figures(summary, out_dir)
-    table = utils.Table(rows)
-    utils.write_results(out_dir, summary, {"table.md": [table]}, cfg, "embed")
+    table = Table(rows)
+    write_results(out_dir, summary, {"table.md": [table]}, cfg, "embed")
     print(
         f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table.markdown()}"
         f"outputs in {out_dir}"
@@ -550,4 +541,4 @@ def main(cfg: EmbedConfig) -> dict:
 
 
 if __name__ == "__main__":
-    utils.cli(main, EmbedConfig, __doc__, "configs/embed.yaml")
+    cli(main, EmbedConfig, __doc__, "configs/embed.yaml", redraw=draw_figures)

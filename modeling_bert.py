@@ -63,7 +63,7 @@ class BertConfigError(ValueError):
 
 def _option(default, help: str, choices: tuple | None = None, derived: bool = False):
     """A config field with the help string and allowed values the project's config loader reads
-    (utils.opt writes the same metadata; spelt out here so that this file needs torch alone)."""
+    (utils.config.opt writes the same metadata; spelt out so that this file needs torch alone)."""
     return field(default=default, metadata={"help": help, "choices": choices, "derived": derived})
 
 

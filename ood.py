@@ -9,7 +9,7 @@ training data) and keeping the rest:
     'gaussian:s' / 'laplace:s' with s the std / scale; the authors' distribution test);
   - rank (`ood.ranks`), number of rows (`ood.rows`), number of columns (`ood.cols`).
 For each point it reports the MSE over all, observed and hidden entries of the BERT and of the
-exact nuclear-norm minimiser (cvx_nuc_norm.py) on the same matrices. The paper finds the BERT
+exact nuclear-norm minimiser (nuclear_norm.py) on the same matrices. The paper finds the BERT
 close to the minimiser, except when the number of columns changes. A point the model cannot take
 (more entries than its position table, a rank above min(m, n)) is skipped, and the output says
 which and why. Matrices with an entry outside the vocabulary (heavy-tailed factors) are redrawn;
@@ -25,11 +25,19 @@ from pathlib import Path
 
 import torch
 
-import utils
-from cvx_nuc_norm import SOLVERS, compare_with
+from analysis import (
+    AnalysisConfig,
+    AnalysisData,
+    analysis_data_config,
+    open_analysis,
+    trained_data_config,
+)
 from data import DISTRIBUTIONS, Batch, DataConfig, MatrixSampler, make_batch, round_values
-from model import analysis_data_config, open_analysis, predict, trained_data_config
-from utils import AnalysisConfig, AnalysisData, DataRangeError, UserError, opt
+from measures import predict
+from nuclear_norm import SOLVERS, compare_with
+from utils.config import DataRangeError, UserError, cli, opt
+from utils.plots import plot_style, pyplot, save_figure
+from utils.results import Document, Table, prepare_output, render, write_results
 
 MAX_DRAWS = 100  # draw at most this many times the matrices needed before giving up
 
@@ -145,7 +153,7 @@ def trained_value(kind: str, trained: DataConfig) -> str | int:
 
 def plot(kind: str, rows: list[dict], trained, out_dir: Path, title: str) -> list[Path]:
     """Three panels (all / observed / hidden entries): MSE of both methods along the sweep."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     labels = [r["value"] for r in rows]
     categorical = kind == "distribution"
@@ -153,7 +161,7 @@ def plot(kind: str, rows: list[dict], trained, out_dir: Path, title: str) -> lis
     style = "o" if categorical else "o-"  # no lines between unordered categories
     panels = (("loss", "all entries"), ("loss_obs", "observed (nuc. min.: exact, 0)"))
     panels += (("loss_mask", "hidden entries"),)
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True, layout="constrained")
         for ax, (key, name) in zip(axes, panels):
             for who, label, color in (("bert", "BERT", "C0"), ("nuc", "nuclear-norm min.", "C3")):
@@ -166,7 +174,7 @@ def plot(kind: str, rows: list[dict], trained, out_dir: Path, title: str) -> lis
         axes[0].set_ylabel("MSE")
         axes[0].legend(fontsize=8)
         fig.suptitle(title)
-        paths = utils.save_figure(fig, out_dir, f"ood_{kind}", pdf=True)
+        paths = save_figure(fig, out_dir, f"ood_{kind}", pdf=True)
         plt.close(fig)
     return paths
 
@@ -174,13 +182,13 @@ def plot(kind: str, rows: list[dict], trained, out_dir: Path, title: str) -> lis
 def main(cfg: OodConfig) -> dict:
     run = open_analysis(cfg)
     model, ckpt, base, device = run.model, run.ckpt, run.data, run.device
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     trained = trained_data_config(ckpt)
     step = ckpt.get("step")
     columns = ["value", "bert_loss", "nuc_loss", "bert_loss_obs", "nuc_loss_obs"]
     columns += ["bert_loss_mask", "nuc_loss_mask", "redrawn", "unsolved"]
     summary = {"step": step, "num_samples": cfg.data.num_samples, "sweeps": {}}
-    document: utils.Document = []
+    document: Document = []
     for kind, points in sweep_points(cfg.ood, cfg.data).items():
         if not points:
             continue
@@ -202,15 +210,15 @@ def main(cfg: OodConfig) -> dict:
             "figures": [p.name for p in figures],
         }
         document.append(f"## {kind} (trained: {trained_value(kind, trained)})")
-        document.append(utils.Table(rows, columns) if rows else "no point the model can take")
+        document.append(Table(rows, columns) if rows else "no point the model can take")
         if skipped:
             lines = [f"- skipped {kind} = {s['value']}: {s['reason']}" for s in skipped]
             document.append("\n".join(lines))
-    utils.write_results(out_dir, summary, {"tables.md": document}, cfg, "ood")
+    write_results(out_dir, summary, {"tables.md": document}, cfg, "ood")
     print(f"step {step}, solver {cfg.ood.solver}, {cfg.data.num_samples} matrices per point\n")
-    print(utils.render(document) + f"\noutputs in {out_dir}")
+    print(render(document) + f"\noutputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, OodConfig, __doc__, "configs/ood.yaml")
+    cli(main, OodConfig, __doc__, "configs/ood.yaml")

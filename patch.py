@@ -9,7 +9,7 @@ the attention output projection); the corrupted run is repeated with the clean z
 `patch.layers` × `patch.heads` × `patch.positions` (null = all; negative layers count from the
 end; the authors: every head and position of the last layer, `layers: [-1]`) through
 `modeling_bert.patch_z_hooks`. `patch.heads` may name a role instead of indices (row, column,
-self, row+column): this checkpoint's own heads with that role (model.ROLE_RULE) within
+self, row+column): this checkpoint's own heads with that role (measures.ROLE_RULE) within
 `patch.layers`, e.g. `--patch.layers=null --patch.heads=row+column`. Reported: the MSE of the
 patched output against X and against −X, at observed and at hidden entries, beside the clean and
 the corrupted runs.
@@ -43,17 +43,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-import utils
+from analysis import AnalysisConfig, open_analysis, resolve_heads, resolve_indices
 from data import Batch, corrupt
-from model import (
-    ROLE_RULE,
-    MatrixBert,
-    open_analysis,
-    resolve_heads,
-    resolve_indices,
-)
+from measures import ROLE_RULE, masked_mse
+from model import MatrixBert
 from modeling_bert import act_name, patch_hooks, patch_z_hooks
-from utils import AnalysisConfig, UserError, opt
+from utils.config import UserError, cli, opt
+from utils.floats import finite_or_none, to_floats
+from utils.plots import plot_style, pyplot, save_figure, text_colour
+from utils.results import Table, prepare_output, write_results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -131,8 +129,8 @@ def score(preds: dict[str, torch.Tensor], target: torch.Tensor, observed: torch.
     clean–corrupted gap restored at each."""
     rows = {}
     for key, pred in preds.items():
-        vs_x = utils.to_floats(utils.masked_mse(pred, target, observed))
-        vs_neg = utils.to_floats(utils.masked_mse(pred, -target, observed))
+        vs_x = to_floats(masked_mse(pred, target, observed))
+        vs_neg = to_floats(masked_mse(pred, -target, observed))
         rows[key] = {
             "x_observed": vs_x["loss_obs"],
             "x_hidden": vs_x["loss_mask"],
@@ -148,7 +146,7 @@ def score(preds: dict[str, torch.Tensor], target: torch.Tensor, observed: torch.
 
 def chosen_patch(cfg: PatchSection, model: MatrixBert, t: int, batches: list[Batch]) -> dict:
     """The main patch's layers, heads and positions, checked (None = all heads / positions).
-    Heads named by role are resolved on `batches` (model.resolve_heads) into `pairs`, the
+    Heads named by role are resolved on `batches` (analysis.resolve_heads) into `pairs`, the
     (layer, head) pairs of that role within the chosen layers."""
     c = model.config
     layers = resolve_indices(cfg.layers, c.num_hidden_layers, "patch.layers")
@@ -227,13 +225,13 @@ def plot_sweep(
     the small shares after the drop stay visible; a grid of None (no gap to restore, as before
     the drop) is drawn empty with NOT_APPLICABLE written on it. `row_len` (n, for positions)
     draws a line between the matrix's rows."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     layers, cols = values.shape
     finite = np.abs(values[np.isfinite(values)])
     lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    with plt.rc_context({**utils.plot_style(), "axes.grid": False}):
+    with plt.rc_context({**plot_style(), "axes.grid": False}):
         fig, ax = plt.subplots(
             figsize=(max(6.5, 0.25 * cols + 3.0), max(3.6, 0.6 * layers + 2.0)),
             layout="constrained",
@@ -262,7 +260,7 @@ def plot_sweep(
             for i in range(layers):
                 for j in range(cols):
                     if np.isfinite(values[i, j]):
-                        color = utils.text_colour(im.cmap(im.norm(values[i, j])))
+                        color = text_colour(im.cmap(im.norm(values[i, j])))
                         ax.text(
                             j,
                             i,
@@ -282,7 +280,7 @@ def plot_sweep(
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """patch_heads.png and patch_positions.png (the sweeps that ran) from summary.json's numbers
     alone (scripts/redraw.py uses it too). Returns the files written and what was not drawn."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     step, entries = summary["step"], summary.get("sweep_entries", "hidden")
     figures = {}
@@ -306,7 +304,7 @@ def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
         )
     paths = []
     for stem, fig in figures.items():
-        paths += utils.save_figure(fig, out_dir, stem)
+        paths += save_figure(fig, out_dir, stem)
         plt.close(fig)
     return paths, []
 
@@ -317,13 +315,13 @@ def main(cfg: Config) -> dict:
     m, n = data_cfg.m, data_cfg.n
     batches = run.batches()
     chosen = chosen_patch(cfg.patch, model, m * n, batches)
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     pairs = [(clean, corrupt(clean, data_cfg)) for clean in batches]
     preds = patched_predictions(model, pairs, interventions_for(cfg.patch, chosen, model, m * n))
     target = torch.cat([clean.target for clean, _ in pairs])
     observed = torch.cat([clean.observed for clean, _ in pairs])
     rows = score(preds, target, observed)
-    rows = {k: {c: utils.finite_or_none(v) for c, v in r.items()} for k, r in rows.items()}
+    rows = {k: {c: finite_or_none(v) for c, v in r.items()} for k, r in rows.items()}
 
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     step = ckpt.get("step")
@@ -336,7 +334,7 @@ def main(cfg: Config) -> dict:
     }
     columns = ["run", "x_observed", "x_hidden", "neg_x_observed", "neg_x_hidden"]
     columns += [f"restored_{e}" for e in ENTRIES]
-    table = utils.Table([{"run": k, **v} for k, v in summary["runs"].items()], columns)
+    table = Table([{"run": k, **v} for k, v in summary["runs"].items()], columns)
     what = (
         f"step {step}: MSE against X (x_) and against −X (neg_x_) at observed and hidden entries; "
         f"`patched`: input −X, clean z patched in at layers {chosen['layers']}, heads "
@@ -372,10 +370,10 @@ def main(cfg: Config) -> dict:
             )
         print(line)
         document.append(line)
-    utils.write_results(out_dir, summary, {"patch.md": document}, cfg, "patch")
+    write_results(out_dir, summary, {"patch.md": document}, cfg, "patch")
     print(f"outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, Config, __doc__, "configs/patch.yaml")
+    cli(main, Config, __doc__, "configs/patch.yaml", redraw=draw_figures)

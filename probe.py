@@ -41,11 +41,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import utils
+from analysis import AnalysisConfig, open_analysis
 from data import Batch
-from model import MatrixBert, open_analysis
+from model import MatrixBert
 from modeling_bert import act_name
-from utils import AnalysisConfig, UserError, opt
+from utils.config import UserError, cli, opt
+from utils.floats import finite_or_none
+from utils.geometry import better_axis
+from utils.plots import close_figure, plot_style, pyplot, save_figure
+from utils.results import Document, Table, fmt, prepare_output, render, write_results
 
 TARGETS = ("element", "row", "column", "singular_vector")
 LINES = {"row": "row", "column": "column"}  # targets whose own entry the mates R² leaves out
@@ -243,9 +247,9 @@ def _log_if_wide(ax, values: list) -> None:
 def plot_probes(summary: dict) -> Any:
     """One row per target, layers 1..L (the embeddings' numbers, often far off, in the titles):
     MSE over layers, and |cosine| with the mates R² (row, column), or observed / hidden MSE."""
-    plt = utils.pyplot()
+    plt = pyplot()
     results = summary["targets"]
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, axes = plt.subplots(
             len(results), 2, figsize=(10, 3.0 * len(results)), squeeze=False, layout="constrained"
         )
@@ -256,7 +260,7 @@ def plot_probes(summary: dict) -> Any:
                 left.plot(layers, [r[key] for r in deep], "o-", label=label)
             _log_if_wide(left, [r[k] for r in deep for k in ("train_mse", "test_mse")])
             left.set_title(
-                f"{kind}: MSE (after the embeddings: test {utils.fmt(emb['test_mse'])})",
+                f"{kind}: MSE (after the embeddings: test {fmt(emb['test_mse'])})",
                 fontsize=9,
             )
             left.set_ylabel("MSE")
@@ -284,21 +288,19 @@ def plot_probes(summary: dict) -> Any:
                 low = min([0.0] + [r.get("test_r2_mates") or 0.0 for r in deep])
                 right.set(ylim=(low - 0.02, 1.02), ylabel="|cos|, R²")
                 extra = (
-                    f", mates R² {utils.fmt(emb.get('test_r2_mates'), 2)}"
+                    f", mates R² {fmt(emb.get('test_r2_mates'), 2)}"
                     if "test_r2_mates" in emb
                     else ""
                 )
                 right.set_title(
-                    f"{kind}: fit (embeddings: |cos| {utils.fmt(emb.get('test_cos'), 2)}{extra})",
+                    f"{kind}: fit (embeddings: |cos| {fmt(emb.get('test_cos'), 2)}{extra})",
                     fontsize=9,
                 )
             for ax in (left, right):
                 ax.set_xticks(layers)
                 ax.set_xlabel("hidden state after layer (1-based)")
                 ax.legend(frameon=False, fontsize=8)
-        fit = (
-            "ridge " + utils.fmt(summary.get("ridge")) if summary.get("ridge") else "least squares"
-        )
+        fit = "ridge " + fmt(summary.get("ridge")) if summary.get("ridge") else "least squares"
         fig.suptitle(
             f"linear probes ({fit}) on the hidden states, step {summary['step']}", fontsize=10
         )
@@ -308,8 +310,8 @@ def plot_probes(summary: dict) -> Any:
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """probe.png/.pdf from summary.json (scripts/redraw.py uses this too)."""
     fig = plot_probes(summary)
-    paths = utils.save_figure(fig, out_dir, "probe", pdf=True)
-    utils.close_figure(fig)
+    paths = save_figure(fig, out_dir, "probe", pdf=True)
+    close_figure(fig)
     return paths, []
 
 
@@ -334,33 +336,33 @@ def line_verdict(results: dict) -> dict:
         if out["row"]["rise"] is None or out["column"]["rise"] is None:
             out["better_axis"] = "neither"
         else:
-            out["better_axis"] = utils.better_axis(row, col, AXIS_MARGIN, floor=AXIS_MARGIN)
+            out["better_axis"] = better_axis(row, col, AXIS_MARGIN, floor=AXIS_MARGIN)
     return out
 
 
 def main(cfg: Config) -> dict:
     run = open_analysis(cfg)
     model, ckpt = run.model, run.ckpt
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     train, test = run.batches(), run.batches(cfg.probe.num_test)
     p = cfg.probe
     results = run_probes(train, test, model, p.targets, p.bias, p.ridge)
     results = {
-        k: [{c: utils.finite_or_none(v) for c, v in r.items()} for r in rows]
+        k: [{c: finite_or_none(v) for c, v in r.items()} for r in rows]
         for k, rows in results.items()
     }
     step = ckpt.get("step")
     verdict = line_verdict(results)
     summary = {"step": step, "bias": p.bias, "ridge": p.ridge, "targets": results, **verdict}
     fit = f"ridge {p.ridge:g}" if p.ridge else "least squares"
-    document: utils.Document = [
+    document: Document = [
         f"Linear probes ({fit}), step {step}; layer 0 = embedding output, layer i = output of "
         "layer i (1-based, as in the paper). test_r2_mates: R² over the row-mates / column-mates "
         "only, the entry's own value left out."
     ]
     for kind, rows in results.items():
         columns = [c for c in rows[0] if c != "layer"]
-        document += [kind, utils.Table(rows, ["layer", *columns])]
+        document += [kind, Table(rows, ["layer", *columns])]
     if "better_axis" in verdict:
         row, col = verdict["row"], verdict["column"]
         if verdict["better_axis"] != "neither":
@@ -370,16 +372,16 @@ def main(cfg: Config) -> dict:
         else:
             why = f"neither is held better by more than {AXIS_MARGIN}."
         document.append(
-            f"row-mates R² {utils.fmt(row['first_layer'])} → {utils.fmt(row['last_layer'])}, "
-            f"column-mates R² {utils.fmt(col['first_layer'])} → {utils.fmt(col['last_layer'])} "
+            f"row-mates R² {fmt(row['first_layer'])} → {fmt(row['last_layer'])}, "
+            f"column-mates R² {fmt(col['first_layer'])} → {fmt(col['last_layer'])} "
             f"(layer 1 → {len(results['row']) - 1}): {why}"
         )
-    print(utils.render(document))
+    print(render(document))
     draw_figures(summary, out_dir)
-    utils.write_results(out_dir, summary, {"probe.md": document}, cfg, "probe")
+    write_results(out_dir, summary, {"probe.md": document}, cfg, "probe")
     print(f"outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, Config, __doc__, "configs/probe.yaml")
+    cli(main, Config, __doc__, "configs/probe.yaml", redraw=draw_figures)

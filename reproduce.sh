@@ -109,9 +109,9 @@ fi
 if (( gpt )); then
   stage "GPT variant"
   gcfg=src/configs/gpt.yaml; (( tiny )) && gcfg=src/configs/gpt_cpu.yaml
-  python3 src/gpt/train.py --config "$gcfg" --train.out_dir="$out/gpt"
+  python3 -m src.gpt.train --config "$gcfg" --train.out_dir="$out/gpt"
 fi
 
 stage "collect"
-python3 scripts/collect_results.py "$out"
+python3 -m scripts.collect_results "$out"
 echo "done in $(( $(date +%s) - start )) s; figures and numbers in $out"

@@ -35,9 +35,11 @@ import copy
 import re
 from dataclasses import dataclass, field
 
-import utils
-from model import MatrixBert, evaluate, open_analysis
-from utils import LOSSES, AnalysisConfig, PrePostCkptSection, UserError, opt
+from analysis import AnalysisConfig, PrePostCkptSection, open_analysis
+from measures import LOSSES, evaluate
+from model import MatrixBert
+from utils.config import UserError, cli, opt
+from utils.results import Table, prepare_output, render, write_results
 
 GROUPS = {
     "att": r"attention\.self\.(query|key|value)\.",
@@ -108,7 +110,7 @@ def main(cfg: Config) -> dict:
     for group in cfg.switch.groups:
         if not group_keys(names, [group]):
             raise UserError(f"group '{group}' matches no parameter of this model")
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     batches = run.batches()
     rows = []
     for k in ("pre", "post"):
@@ -127,13 +129,13 @@ def main(cfg: Config) -> dict:
     document = [
         f"MSE over all (loss), observed (loss_obs) and hidden (loss_mask) entries; pre = step "
         f"{steps['pre']}, post = step {steps['post']}; `params`: parameters switched.",
-        utils.Table(rows, ["model", "params", *LOSSES]),
+        Table(rows, ["model", "params", *LOSSES]),
     ]
-    print(utils.render(document))
-    utils.write_results(out_dir, summary, {"switch_models.md": document}, cfg, "switch_models")
+    print(render(document))
+    write_results(out_dir, summary, {"switch_models.md": document}, cfg, "switch_models")
     print(f"outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, Config, __doc__, "configs/switch_models.yaml")
+    cli(main, Config, __doc__, "configs/switch_models.yaml")

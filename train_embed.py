@@ -6,8 +6,8 @@
 
 For each group in `groups`, every parameter is loaded from a final checkpoint (`ckpt`) and frozen
 (requires_grad False, and not given to Adam) except the group's, which are re-initialised the way
-the model initialises them and then trained with train.py's own loop (train.Trainer and
-train.fit: the same logging, checkpoints, drop detection and W&B). Each group writes train.py's
+the model initialises them and then trained with train.py's own loop (Trainer and
+fit: the same logging, checkpoints, drop detection and W&B). Each group writes train.py's
 outputs (config.yaml, metrics.jsonl, loss.png, step_NNNNNN.pt, summary.json) into
 `out_dir/<group>/`; the top folder gets config.yaml, summary.json, table.md and compare.png/.pdf:
 every group's loss beside the full training run's (ckpt.run/metrics.jsonl).
@@ -36,10 +36,16 @@ from pathlib import Path
 
 import torch
 
-import train
-import utils
-from model import MatrixBert, check_fits, load_from_section, trained_data_config
-from utils import CkptSection, TrainWandbConfig, UserError, opt
+from analysis import CkptSection, load_from_section, trained_data_config
+from model import MatrixBert, check_fits
+from trainer import TrainConfig, Trainer, TrainSection, fit
+from utils.config import UserError, cli, opt, resolve_path
+from utils.device import choose_device, seed_everything
+from utils.drop import detect_drop
+from utils.plots import plot_style, pyplot, save_figure
+from utils.results import Table, prepare_output, write_results
+from utils.runs import prepare_run_dir, read_metrics
+from utils.tracking import TrainWandbConfig
 
 GROUPS = {  # group -> pattern of the module names it covers (re.fullmatch)
     "token_embeddings": r"backbone\.embeddings\.word_embeddings",
@@ -54,7 +60,7 @@ FULL = "full training"  # the label of ckpt.run's own curve
 # train.py's `train` section, less the options this script sets at the top level (`seed`,
 # `device`) or per group (`out_dir`): same names, defaults, help strings and checks.
 _TOP_LEVEL = ("seed", "device", "out_dir")
-_HINTS = typing.get_type_hints(train.TrainSection)
+_HINTS = typing.get_type_hints(TrainSection)
 LoopSection = dataclasses.make_dataclass(
     "LoopSection",
     [
@@ -63,7 +69,7 @@ LoopSection = dataclasses.make_dataclass(
             _HINTS[f.name],
             field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
         )
-        for f in dataclasses.fields(train.TrainSection)
+        for f in dataclasses.fields(TrainSection)
         if f.name not in _TOP_LEVEL
     ],
 )
@@ -83,7 +89,7 @@ class TrainEmbedConfig:
 
     def __post_init__(self) -> None:
         check_groups(self.groups)
-        train.TrainSection(**dataclasses.asdict(self.train))  # train.py's checks of the values
+        TrainSection(**dataclasses.asdict(self.train))  # train.py's checks of the values
 
     def finalize(self, config_path: Path | None = None) -> None:
         if self.wandb.name is None:
@@ -136,14 +142,14 @@ def group_train_config(cfg: TrainEmbedConfig, group: str, model: MatrixBert, ckp
     """train.py's config for one group: the checkpoint's data and model, this script's loop."""
     data_cfg = trained_data_config(ckpt)
     check_fits(model.config, data_cfg.vocab_size, data_cfg.max_tokens)
-    section = train.TrainSection(
+    section = TrainSection(
         **dataclasses.asdict(cfg.train),
         seed=cfg.seed,
         device=cfg.device,
         out_dir=str(Path(cfg.out_dir) / group),
     )
     name = f"{cfg.wandb.name or 'train_embed'}_{group}"
-    return train.TrainConfig(
+    return TrainConfig(
         data=data_cfg,
         model=dataclasses.replace(model.config),
         train=section,
@@ -152,19 +158,19 @@ def group_train_config(cfg: TrainEmbedConfig, group: str, model: MatrixBert, ckp
 
 
 def train_group(cfg: TrainEmbedConfig, group: str) -> dict:
-    """Load, re-initialise `group`, freeze the rest, train with train.fit; check the frozen part."""
-    device = utils.choose_device(cfg.device)
+    """Load, re-initialise `group`, freeze the rest, train with fit; check the frozen part."""
+    device = choose_device(cfg.device)
     model, ckpt = load_from_section(cfg.ckpt, device)
     tcfg = group_train_config(cfg, group, model, ckpt)
-    out_dir, resume_from = utils.prepare_run_dir(tcfg)
-    utils.seed_everything(cfg.seed)
+    out_dir, resume_from = prepare_run_dir(tcfg)
+    seed_everything(cfg.seed)
     reinitialize(model, group)
     names = group_parameter_names(model, group)
     params = freeze_all_but(model, names)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    trainer = train.Trainer(tcfg, model=model, params=params)
+    trainer = Trainer(tcfg, model=model, params=params)
     print(f"{group}: training {sum(p.numel() for p in params):,} parameters, writing to {out_dir}")
-    summary = train.fit(tcfg, trainer, out_dir, resume_from)
+    summary = fit(tcfg, trainer, out_dir, resume_from)
     unchanged = all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     return {
         **summary,
@@ -181,12 +187,12 @@ def full_run_records(cfg: TrainEmbedConfig) -> list[dict]:
     """The full training run's logged curve (empty for a checkpoint file without its run)."""
     if cfg.ckpt.path:
         return []
-    return utils.read_metrics(utils.resolve_path(cfg.ckpt.run) / "metrics.jsonl")
+    return read_metrics(resolve_path(cfg.ckpt.run) / "metrics.jsonl")
 
 
 def read_group_run(cfg: TrainEmbedConfig, group: str) -> tuple[list[dict], dict]:
-    run = utils.resolve_path(cfg.out_dir) / group
-    records = utils.read_metrics(run / "metrics.jsonl")
+    run = resolve_path(cfg.out_dir) / group
+    records = read_metrics(run / "metrics.jsonl")
     if not records or not (run / "summary.json").is_file():
         raise UserError(f"no finished run for group '{group}' in {run}; train it first")
     return records, json.loads((run / "summary.json").read_text())
@@ -194,10 +200,10 @@ def read_group_run(cfg: TrainEmbedConfig, group: str) -> tuple[list[dict], dict]
 
 def plot_comparison(curves: dict[str, tuple[list[dict], int | None]], out_dir: Path) -> None:
     """compare.png/.pdf: each run's loss (label -> (records, drop step)), log scale; a dot marks
-    where a drop starts (utils.detect_drop). The full training run is dashed black."""
-    plt = utils.pyplot()
+    where a drop starts (detect_drop). The full training run is dashed black."""
+    plt = pyplot()
 
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, ax = plt.subplots(figsize=(6.4, 4))
         for label, (records, drop) in curves.items():
             style = {"color": "k", "ls": "--"} if label == FULL else {}
@@ -212,7 +218,7 @@ def plot_comparison(curves: dict[str, tuple[list[dict], int | None]], out_dir: P
             title="one component trained, the rest fixed (dot: drop starts)",
         )
         ax.legend(loc="upper right", fontsize=8)
-        utils.save_figure(fig, out_dir, "compare", pdf=True)
+        save_figure(fig, out_dir, "compare", pdf=True)
         plt.close(fig)
 
 
@@ -233,13 +239,13 @@ def main(cfg: TrainEmbedConfig) -> dict:
     if not cfg.plot_only:  # a missing checkpoint or a clashing run folder: stop before training
         model, ckpt = load_from_section(cfg.ckpt)
         for group in cfg.groups:
-            utils.prepare_run_dir(group_train_config(cfg, group, model, ckpt))
+            prepare_run_dir(group_train_config(cfg, group, model, ckpt))
         del model, ckpt
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     full = full_run_records(cfg)
     full_summary, curves = None, {}
     if full:
-        drop = utils.detect_drop([r["step"] for r in full], [r["loss"] for r in full])
+        drop = detect_drop([r["step"] for r in full], [r["loss"] for r in full])
         full_summary = {**drop, "final_step": full[-1]["step"], "final_loss": full[-1]["loss"]}
         curves[FULL] = (full, drop["drop_step"])
     groups = {}
@@ -252,11 +258,11 @@ def main(cfg: TrainEmbedConfig) -> dict:
     summary = {"full_training": full_summary, "groups": groups}
     rows = [summary_row(g, s) for g, s in groups.items()]
     rows += [summary_row(FULL, full_summary)] if full_summary else []
-    table = utils.Table(rows)
-    utils.write_results(out_dir, summary, {"table.md": [table]})
+    table = Table(rows)
+    write_results(out_dir, summary, {"table.md": [table]})
     print(f"{table.markdown()}outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, TrainEmbedConfig, __doc__, "configs/train_embed.yaml")
+    cli(main, TrainEmbedConfig, __doc__, "configs/train_embed.yaml")

@@ -9,7 +9,7 @@ The authors' src/uniform_ablation.py. The heads in `ablation.heads` are ablated 
 [layer, head] pairs, 0-based (the default is the authors' published choice for *their* trained
 4 × 8 model: layer 3 head 3, and heads 2, 5, 6, 7 of layer 4, 1-based; heads are interchangeable
 at initialisation, so in another run these indices are arbitrary heads), or a role (row, column,
-self, row+column): this checkpoint's own heads with that role by model.ROLE_RULE, measured on the
+self, row+column): this checkpoint's own heads with that role by measures.ROLE_RULE, measured on the
 script's matrices; the summary says which indices that resolved to. Beside them,
 `ablation.controls` random sets of as many other heads are ablated, so that a loss rise can be
 compared with what ablating arbitrary heads does. Ablation goes through
@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-import utils
-from model import ROLE_RULE, evaluate, open_analysis, resolve_heads
+from analysis import AnalysisConfig, open_analysis, resolve_heads
+from measures import LOSSES, ROLE_RULE, evaluate
 from modeling_bert import ABLATIONS, ablate_head_hooks
-from utils import LOSSES, AnalysisConfig, UserError, opt
+from utils.config import UserError, cli, opt
+from utils.plots import plot_style, pyplot, save_figure, text_colour
+from utils.results import Table, prepare_output, write_results
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -90,12 +92,12 @@ def plot_sweep(summary: dict) -> Figure:
     """One heatmap per loss (hidden, observed entries): the change in MSE, in % of the MSE with no
     ablation, when each single head is ablated; diverging colours, 0 white, ±the largest change.
     Layers and heads 1-based on the figure."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     grid, baseline = summary["sweep"], summary["no_ablation"]
     panels = (("loss_mask", "hidden entries"), ("loss_obs", "observed entries"))
     layers, heads = len(grid["loss_mask"]), len(grid["loss_mask"][0])
-    with plt.rc_context({**utils.plot_style(), "axes.grid": False}):
+    with plt.rc_context({**plot_style(), "axes.grid": False}):
         fig, axes = plt.subplots(
             1, 2, figsize=(2 * (0.75 * heads + 2.4), 0.65 * layers + 2.2), layout="constrained"
         )
@@ -110,7 +112,7 @@ def plot_sweep(summary: dict) -> Figure:
             for i in range(layers):
                 for h in range(heads):
                     if np.isfinite(change[i, h]):
-                        color = utils.text_colour(im.cmap(im.norm(change[i, h])))
+                        color = text_colour(im.cmap(im.norm(change[i, h])))
                         text = f"{change[i, h]:+.{decimals}f}".replace("-", "−")
                         ax.text(h, i, text, ha="center", va="center", fontsize=8, color=color)
             ax.set(xlabel="head (1-based)", ylabel="layer (1-based)")
@@ -128,12 +130,12 @@ def plot_sweep(summary: dict) -> Figure:
 def draw_figures(summary: dict, out_dir: Path) -> tuple[list[Path], list[str]]:
     """ablation_sweep.png from summary.json's numbers alone (scripts/redraw.py uses it too).
     Returns the files written and what could not be drawn."""
-    plt = utils.pyplot()
+    plt = pyplot()
 
     if "sweep" not in summary:
         return [], ["ablation_sweep.png: no sweep in summary.json (ablation.sweep was false)"]
     fig = plot_sweep(summary)
-    paths = utils.save_figure(fig, out_dir, "ablation_sweep")
+    paths = save_figure(fig, out_dir, "ablation_sweep")
     plt.close(fig)
     return paths, []
 
@@ -164,7 +166,7 @@ def main(cfg: Config) -> dict:
     model, ckpt = run.model, run.ckpt
     batches = run.batches()
     heads, chosen_by = resolve_heads(cfg.ablation.heads, model, batches, "ablation.heads")
-    out_dir = utils.prepare_output(cfg.out_dir, cfg)
+    out_dir = prepare_output(cfg.out_dir, cfg)
     method = cfg.ablation.method
     c = model.config
     baseline = evaluate(model, batches)
@@ -189,7 +191,7 @@ def main(cfg: Config) -> dict:
         ]
         for i, r in enumerate(runs):
             rows.append({"model": f"control {i + 1}: {len(heads)} other heads", **r})
-    table = utils.Table(rows, ["model", *LOSSES])
+    table = Table(rows, ["model", *LOSSES])
     how = (
         f"this model's {chosen_by['by_role']} heads ({ROLE_RULE})"
         if chosen_by["by_role"]
@@ -219,14 +221,14 @@ def main(cfg: Config) -> dict:
         draw_figures(summary, out_dir)
         worst = sorted(single.items(), key=lambda kv: -(kv[1]["loss_mask"] or 0.0))[:5]
         sweep_rows = [{"layer": i, "head": h, **v} for (i, h), v in worst]
-        sweep_table = utils.Table(sweep_rows, ["layer", "head", *LOSSES])
+        sweep_table = Table(sweep_rows, ["layer", "head", *LOSSES])
         head = "single heads whose ablation hurts hidden entries most (0-based)"
         print(head + "\n" + sweep_table.markdown())
         document += [head + ":", sweep_table]
-    utils.write_results(out_dir, summary, {"ablation.md": document}, cfg, "uniform_ablation")
+    write_results(out_dir, summary, {"ablation.md": document}, cfg, "uniform_ablation")
     print(f"outputs in {out_dir}")
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, Config, __doc__, "configs/uniform_ablation.yaml")
+    cli(main, Config, __doc__, "configs/uniform_ablation.yaml", redraw=draw_figures)

@@ -1,6 +1,6 @@
 """Gather every summary.json under a reproduce.sh output folder into one results.json.
 
-    python3 scripts/collect_results.py results/reproduce
+    python3 -m scripts.collect_results results/reproduce
 
 Keys are the folders relative to the output folder (`train`, `copy_check`, `embed/token_norm`,
 ...); values are their summary.json contents. Prints one line per stage.
@@ -12,10 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import utils  # noqa: E402
+from utils.config import UserError
+from utils.files import write_json
 
 
 def collect(out: Path) -> dict:
@@ -24,18 +22,18 @@ def collect(out: Path) -> dict:
         key = path.parent.relative_to(out).as_posix()
         results[key] = json.loads(path.read_text())
     if not results:
-        raise utils.UserError(f"no summary.json under {out}")
-    utils.write_json(out / "results.json", results)
+        raise UserError(f"no summary.json under {out}")
+    write_json(out / "results.json", results)
     return results
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python3 scripts/collect_results.py OUT_DIR")
+        raise SystemExit("usage: python3 -m scripts.collect_results OUT_DIR")
     out = Path(sys.argv[1])
     try:
         keys = collect(out)
-    except utils.UserError as e:
+    except UserError as e:
         raise SystemExit(f"error: {e}") from None
     print("\n".join(f"  {key}" for key in keys))
     print(f"written to {out / 'results.json'}")

@@ -1,10 +1,10 @@
 """Compare finished training runs (seeds of one config, say): where each drops and how far.
 
-    python3 scripts/compare_runs.py [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]
+    python3 -m scripts.compare_runs [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]
 
 Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created if needed):
   runs.md       one row per run: plateau, the kind of drop (sudden, partial, none; with its
-                fall, utils.detect_drop), where the drop starts and ends (step and minutes),
+                fall, detect_drop), where the drop starts and ends (step and minutes),
                 L_mask on the plateau and at the end, their ratio, when L_mask first stays X×
                 below the plateau (`--below`, default 8: `complete`, the CPU demo's criterion),
                 final eval loss, steps and wall time; and, for runs
@@ -13,7 +13,7 @@ Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created
                 collapse peaks (`hidden_progress`);
   runs.png      every run's L_mask against steps and against wall-clock minutes;
   summary.json  the table's numbers (the figure's too).
-The drop is train.py's (utils.detect_drop on the total loss). L_mask on the plateau is the median
+The drop is train.py's (detect_drop on the total loss). L_mask on the plateau is the median
 of the logged L_mask over the second half of the stretch before the drop (before a partial
 drop's fall; over the whole run without either); at the end, the median of the last `FINAL_LOGS`
 logs (one batch's L_mask is noisy); "X× below" is the first logged step where the median of the
@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import utils  # noqa: E402
-from model import chance_shares  # noqa: E402
+from measures import chance_shares
+from utils.config import UserError, run_script
+from utils.drop import detect_drop
+from utils.files import atomic_write_text, make_dir, write_json
+from utils.plots import close_figure, pyplot, save_figure
+from utils.results import markdown_table
+from utils.runs import read_metrics
 
 FINAL_LOGS = 20
 SMOOTH_LOGS = 10
@@ -45,7 +46,7 @@ RISE = 0.05
 def hidden_progress(records: list[dict], shape: tuple[int, int] | None, drop_step) -> dict:
     """When the progress hidden on the plateau shows (runs logged with train.progress):
     `head_rise_step`, the first logged step at which some head's share on its row (or column)
-    exceeds what uniform attention gives (model.chance_shares: (n − 1) / mn, or (m − 1) / mn)
+    exceeds what uniform attention gives (measures.chance_shares: (n − 1) / mn, or (m − 1) / mn)
     by more than RISE; and `collapse_peak_step`, where the last layer's representation collapse
     peaks before the drop (over the whole run without one, or when nothing was measured before
     it: progress switched on in a resume after the drop)."""
@@ -76,7 +77,7 @@ def compare(
     run's matrix size (None for a mixture of sizes), sets the heads' chance shares; `below`,
     how far under the plateau L_mask must stay to count as complete."""
     steps = [r["step"] for r in records]
-    drop = utils.detect_drop(steps, [r["loss"] for r in records])
+    drop = detect_drop(steps, [r["loss"] for r in records])
     time_at = {r["step"]: r["time"] / 60 for r in records}
     row = {
         **drop,
@@ -122,7 +123,7 @@ def matrix_shape(run: Path) -> tuple[int, int] | None:
 
 
 def figure(runs: dict[str, list[dict]], rows: dict[str, dict]):
-    plt = utils.pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
     for i, (name, records) in enumerate(runs.items()):
         colour = f"C{i}"
@@ -149,15 +150,15 @@ def main(argv: list[str]) -> dict:
         try:
             below, argv = float(argv[1]), argv[2:]
         except (IndexError, ValueError):
-            raise utils.UserError("--below needs a number, e.g. --below 8") from None
+            raise UserError("--below needs a number, e.g. --below 8") from None
     if len(argv) < 2:
-        raise utils.UserError("usage: compare_runs.py [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]")
+        raise UserError("usage: compare_runs.py [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]")
     out, run_dirs = Path(argv[0]), [Path(a) for a in argv[1:]]
     runs, rows = {}, {}
     for run in run_dirs:
-        records = utils.read_metrics(run / "metrics.jsonl")
+        records = read_metrics(run / "metrics.jsonl")
         if not records:
-            raise utils.UserError(f"{run} has no metrics.jsonl records")
+            raise UserError(f"{run} has no metrics.jsonl records")
         path = run / "summary.json"
         summary = json.loads(path.read_text()) if path.is_file() else {}
         runs[run.name] = records
@@ -165,24 +166,24 @@ def main(argv: list[str]) -> dict:
         wall = summary.get("wall_time_s")
         rows[run.name].update(compare(records, wall, matrix_shape(run), below))
     if len(runs) < len(run_dirs):
-        raise utils.UserError("two runs share a folder name; their rows would clash")
-    utils.make_dir(out, "OUT_DIR")
+        raise UserError("two runs share a folder name; their rows would clash")
+    make_dir(out, "OUT_DIR")
     done = sum(r["complete"] for r in rows.values())
     verdict = (
         f"complete (L_mask {below:g}× below the plateau and staying there): {done} of "
         f"{len(rows)} runs"
     )
-    table = utils.markdown_table(
+    table = markdown_table(
         list(rows.values()),
         ["run", "plateau_loss", "drop_kind", "fall", "drop_step", "drop_min", "drop_end_step"]
         + ["drop_end_min", "plateau_loss_mask", "final_loss_mask", "ratio", "below_step"]
         + ["below_min", "complete", "final_eval_loss", "steps", "wall_min", "head_rise_step"]
         + ["collapse_peak_step"],
     )
-    utils.atomic_write_text(out / "runs.md", f"{verdict}\n\n{table}")
+    atomic_write_text(out / "runs.md", f"{verdict}\n\n{table}")
     fig = figure(runs, rows)
-    utils.save_figure(fig, out, "runs")
-    utils.close_figure(fig)
+    save_figure(fig, out, "runs")
+    close_figure(fig)
     summary = {
         "runs": list(rows.values()),
         "complete": done,
@@ -191,10 +192,10 @@ def main(argv: list[str]) -> dict:
         "below": below,
         "rise": RISE,
     }
-    utils.write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     print(f"{verdict}\n\n{table}", end="")
     return summary
 
 
 if __name__ == "__main__":
-    utils.run_script(main)
+    run_script(main)

@@ -1,7 +1,7 @@
 """Copy a training run's record and some of its checkpoints, weights only, into a new folder.
 
-    python3 scripts/export_run.py RUN_DIR OUT_DIR STEP [STEP ...]
-    python3 scripts/export_run.py --hf RUN_DIR OUT_DIR STEP [STEP ...]
+    python3 -m scripts.export_run RUN_DIR OUT_DIR STEP [STEP ...]
+    python3 -m scripts.export_run --hf RUN_DIR OUT_DIR STEP [STEP ...]
 
 Writes OUT_DIR/config.yaml, metrics.jsonl, summary.json and loss.png as they are, and for each STEP
 a step_NNNNNN.pt holding only what the analyses load (the weights, the model and run configs, the
@@ -18,14 +18,12 @@ BertForTokenClassification and every analysis reads with `--ckpt.run=OUT_DIR` (o
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import utils  # noqa: E402
-from data import DataConfig  # noqa: E402
+from data import DataConfig
+from utils.config import REPO_ROOT, UserError, resolve_path, run_script
+from utils.hf import write_hf_folder
+from utils.runs import read_checkpoint, save_checkpoint
 
 RECORD = ("config.yaml", "metrics.jsonl", "summary.json", "loss.png")
 KEPT = ("model", "model_config", "config", "step")
@@ -87,29 +85,29 @@ config and step are in config.json under `tf_matcomp`.
 
 def export(run: Path, out: Path, steps: list[int], hf: bool = False) -> list[Path]:
     if out.exists():
-        raise utils.UserError(f"{out} exists; export into a new folder")
+        raise UserError(f"{out} exists; export into a new folder")
     sources = [run / f"step_{step:06d}.pt" for step in steps]
-    checkpoints = [utils.read_checkpoint(path) for path in sources]  # all readable first
+    checkpoints = [read_checkpoint(path) for path in sources]  # all readable first
     missing = [name for name in RECORD if not (run / name).is_file()]
     if missing:
-        raise utils.UserError(f"{run} lacks {', '.join(missing)}: not a finished training run")
+        raise UserError(f"{run} lacks {', '.join(missing)}: not a finished training run")
     out.mkdir(parents=True)
     for name in RECORD:
         shutil.copy2(run / name, out / name)
-    where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    where = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
     written = []
     for path, ckpt in zip(sources, checkpoints):
         if hf:
             meta = {"step": ckpt.get("step"), "data": ckpt["config"]["data"]}
             card = model_card(ckpt, run)
-            written += utils.write_hf_folder(
+            written += write_hf_folder(
                 out / path.stem, ckpt["model"], ckpt["model_config"], meta, card
             )
             continue
         slim = {k: ckpt[k] for k in KEPT if k in ckpt}
         if isinstance(slim.get("config", {}).get("train"), dict):  # the run now lives in `out`
             slim["config"]["train"]["out_dir"] = str(where)
-        utils.save_checkpoint(out / path.name, slim)
+        save_checkpoint(out / path.name, slim)
         written.append(out / path.name)
     return written
 
@@ -123,10 +121,10 @@ def main(args: list[str]) -> None:
     try:
         steps = [int(a) for a in args[2:]]
     except ValueError:
-        raise utils.UserError("steps must be integers") from None
-    for path in export(utils.resolve_path(args[0]), utils.resolve_path(args[1]), steps, hf):
+        raise UserError("steps must be integers") from None
+    for path in export(resolve_path(args[0]), resolve_path(args[1]), steps, hf):
         print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
-    utils.run_script(main)
+    run_script(main)

@@ -49,6 +49,6 @@ if [[ -e $work && ! -f $work/sweep.log ]]; then  # only a previous run's folder 
   exit 2
 fi
 rm -rf "$work" && mkdir -p "$work" "$out"
-python3 scripts/sweep.py --base "$base" --out "$work" --time-limit "$time_s" \
+python3 -m scripts.sweep --base "$base" --out "$work" --time-limit "$time_s" \
   --parallel $(( ${#args[@]} / 2 )) --threads 2 --seeds 0 "${args[@]}" 2>&1 | tee "$work/sweep.log"
 tar czf "$out/claims.tgz" --exclude='*.pt' -C "$work" .

@@ -38,12 +38,12 @@ if [[ $mode == start ]]; then
     bash reproduce.sh --out '$work/rep' --train-only ${REPRO_ARGS:-} > '$work/train.log' 2>&1
     echo \$? > '$work/train.rc'; echo \"train: \$(( \$(date +%s) - t0 )) s\" >> '$work/device.txt'
     if (( ${SWEEP_S:-0} > 0 )); then
-      python3 scripts/sweep.py --out '$work/sweep' --time-limit ${SWEEP_S:-0} --parallel 6 \
+      python3 -m scripts.sweep --out '$work/sweep' --time-limit ${SWEEP_S:-0} --parallel 6 \
         --seeds 0 --variant 'base: $S' --variant 'd96: $S model.hidden_size=96 model.intermediate_size=384' \
         --variant 'L3: $S model.num_hidden_layers=3' > '$work/sweep.log' 2>&1 &
-      python3 scripts/sweep.py --out '$work/sweep2' --time-limit ${SWEEP_S:-0} --parallel 3 \
+      python3 -m scripts.sweep --out '$work/sweep2' --time-limit ${SWEEP_S:-0} --parallel 3 \
         --seeds 2 --variant 'base: $S' --variant 'b256: $S train.batch_size=256' > '$work/sweep2.log' 2>&1 &
-      python3 scripts/sweep.py --out '$work/sweep3' --time-limit ${SWEEP_S:-0} --parallel 1 \
+      python3 -m scripts.sweep --out '$work/sweep3' --time-limit ${SWEEP_S:-0} --parallel 1 \
         --seeds 1 --variant 'b256: $S train.batch_size=256' > '$work/sweep3.log' 2>&1 &
     fi
     t1=\$(date +%s)

@@ -1,82 +1,66 @@
 """Redraw an analysis's figures in place from its summary.json alone (no checkpoint, no GPU).
 
-    python3 scripts/redraw.py results/patch [more result folders ...]
-    python3 scripts/redraw.py docs/results/h100_reproduce/embed/*
+    python3 -m scripts.redraw results/patch [more result folders ...]
+    python3 -m scripts.redraw docs/results/h100_reproduce/embed/*
 
 A result folder is what one run of an analysis script wrote: its resolved config.yaml and its
 summary.json. Which script wrote it is read from config.yaml: every script's config has a
 section of its own (`att_maps:`, `compare:` for compare_nuc_bert.py, `ablation:` for
 uniform_ablation.py, `patch:`, `probe:`, `embed:` for embed.py, whose folders are one per
 exp_type), and the folder
-belongs to the one script in REDRAW whose keys config.yaml holds. Each script's
-`draw_figures(summary, out_dir)` draws what its `main` draws, from the numbers it saved; for a
-figure whose numbers a run did not save (a run from before they were saved) it says so, and the
-figure on disk is left as it was.
+belongs to the one script in REDRAW whose keys config.yaml holds. That script, run as
+`python3 SCRIPT.py --redraw FOLDER` (utils.config.cli), calls its own `draw_figures(summary,
+out_dir)`, which draws what its `main` draws from the numbers it saved; for a figure whose
+numbers a run did not save (a run from before they were saved) it says so, and the figure on
+disk is left as it was. The script runs in a process of its own: no module imports a script.
 
 To add a script: give it `draw_figures(summary: dict, out_dir: Path) -> (files written, notes on
-figures not drawn or drawn without some of their numbers)` and add it to REDRAW with the
-top-level config keys that only its config.yaml has.
+figures not drawn or drawn without some of their numbers)`, pass it to `cli(..., redraw=...)`,
+and add the script to REDRAW with the top-level config keys that only its config.yaml has.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from utils.config import REPO_ROOT, UserError, run_script
 
-import att_maps  # noqa: E402
-import compare_nuc_bert  # noqa: E402
-import embed  # noqa: E402
-import patch  # noqa: E402
-import probe  # noqa: E402
-import uniform_ablation  # noqa: E402
-import utils  # noqa: E402
-
-Draw = Callable[[dict, Path], tuple[list[Path], list[str]]]
-
-
-@dataclass(frozen=True)
-class Redrawer:
-    keys: tuple[str, ...]  # top-level keys of config.yaml that mark the script's folders
-    draw: Draw
-
-
-REDRAW: dict[str, Redrawer] = {
-    "att_maps": Redrawer(("att_maps",), att_maps.draw_figures),
-    "compare_nuc_bert": Redrawer(("compare",), compare_nuc_bert.draw_figures),
-    "probe": Redrawer(("probe",), probe.draw_figures),
-    "uniform_ablation": Redrawer(("ablation",), uniform_ablation.draw_figures),
-    "patch": Redrawer(("patch",), patch.draw_figures),
-    "embed": Redrawer(("embed", "exp_type"), embed.draw_figures),
+# script -> the top-level keys of config.yaml that mark its folders
+REDRAW: dict[str, tuple[str, ...]] = {
+    "att_maps": ("att_maps",),
+    "compare_nuc_bert": ("compare",),
+    "probe": ("probe",),
+    "uniform_ablation": ("ablation",),
+    "patch": ("patch",),
+    "embed": ("embed", "exp_type"),
 }
 
 
 def _read(path: Path, parse: Callable[[str], object], what: str) -> dict:
     if not path.is_file():
-        raise utils.UserError(f"{path.parent} has no {path.name}: not a result folder")
+        raise UserError(f"{path.parent} has no {path.name}: not a result folder")
     try:
         data = parse(path.read_text())
     except (json.JSONDecodeError, yaml.YAMLError):
-        raise utils.UserError(f"{path} is not valid {what}") from None
+        raise UserError(f"{path} is not valid {what}") from None
     if not isinstance(data, dict):
-        raise utils.UserError(f"{path} does not hold a mapping")
+        raise UserError(f"{path} does not hold a mapping")
     return data
 
 
 def detect(config: dict, where: Path) -> str:
     """The script that wrote a folder, from its config.yaml's top-level keys."""
-    found = [name for name, r in REDRAW.items() if all(k in config for k in r.keys)]
+    found = [name for name, keys in REDRAW.items() if all(k in config for k in keys)]
     if len(found) != 1:
-        known = ", ".join(f"{name} ({' + '.join(r.keys)})" for name, r in REDRAW.items())
+        known = ", ".join(f"{name} ({' + '.join(keys)})" for name, keys in REDRAW.items())
         what = "no" if not found else f"several ({', '.join(found)})"
-        raise utils.UserError(
+        raise UserError(
             f"{where}/config.yaml matches {what} script(s) that can be redrawn; "
             f"known, by their config sections: {known}"
         )
@@ -88,9 +72,18 @@ def redraw(folder: Path) -> tuple[str, list[Path], list[str]]:
     folder = Path(folder)
     config = _read(folder / "config.yaml", yaml.safe_load, "YAML")
     summary = _read(folder / "summary.json", json.loads, "JSON")
+    del summary  # read only to refuse a folder without a valid one before starting a process
     script = detect(config, folder)
-    written, notes = REDRAW[script].draw(summary, folder)
-    return script, written, notes
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / f"{script}.py"), "--redraw", str(folder.resolve())],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise UserError(f"{script}.py --redraw {folder} failed: {last.removeprefix('error: ')}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return script, [Path(p) for p in result["written"]], result["notes"]
 
 
 def main(args: list[str]) -> None:
@@ -106,4 +99,4 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    utils.run_script(main)
+    run_script(main)

@@ -1,9 +1,9 @@
 """Re-detect the drop in a finished run and redraw its loss plot, from its metrics.jsonl alone.
 
-    python3 scripts/resummarize.py runs/train [more run folders ...]
+    python3 -m scripts.resummarize runs/train [more run folders ...]
 
 Rewrites summary.json's plateau / drop fields (the rest is kept) and loss.png in each folder,
-with train.py's current detector (utils.detect_drop) and figure (hidden-progress panels included
+with train.py's current detector (detect_drop) and figure (hidden-progress panels included
 where the run logged them). Useful after changing the detector, or
 for a run that was stopped before it wrote its summary.
 """
@@ -11,31 +11,31 @@ for a run that was stopped before it wrote its summary.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import utils  # noqa: E402
-from model import final_roles  # noqa: E402
+from measures import final_roles
+from utils.config import UserError, run_script
+from utils.drop import detect_drop
+from utils.files import write_json
+from utils.plots import plot_losses
+from utils.runs import read_metrics
 
 
 def resummarize(run_dir: Path) -> dict:
-    records = utils.read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
-        raise utils.UserError(f"{run_dir} has no metrics.jsonl records")
+        raise UserError(f"{run_dir} has no metrics.jsonl records")
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
-    summary.update(utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records]))
+    summary.update(detect_drop([r["step"] for r in records], [r["loss"] for r in records]))
     drop = summary["drop_step"]
     summary["drop_time_s"] = next((r["time"] for r in records if r["step"] == drop), None)
-    utils.write_json(path, summary)
+    write_json(path, summary)
     data = _data_section(run_dir)
     shape = (data["m"], data["n"]) if data and not data.get("sizes") else None
-    utils.plot_losses(records, run_dir, summary, run_dir.name, shape, final_roles(records))
+    plot_losses(records, run_dir, summary, run_dir.name, shape, final_roles(records))
     return summary
 
 
@@ -54,4 +54,4 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    utils.run_script(main)
+    run_script(main)

@@ -1,6 +1,6 @@
 """A W&B sweep file's grid as a SLURM job array that survives time limits and requeues.
 
-    python3 scripts/slurm_sweep.py configs/sweeps/paper_seeds.yaml OUT_DIR \
+    python3 -m scripts.slurm_sweep configs/sweeps/paper_seeds.yaml OUT_DIR \
         [--time 04:00:00] [--gpus 1] [--cpus 8] [--partition NAME] [--set KEY=VALUE ...]
     sbatch OUT_DIR/sweep.sbatch
 
@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import shlex
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import utils  # noqa: E402
+from utils.config import REPO_ROOT, UserError, resolve_path, run_script
+from utils.files import atomic_write_text, make_dir
 
 TEMPLATE = """#!/usr/bin/env bash
 #SBATCH --job-name={name}
@@ -57,9 +54,9 @@ def grid_commands(path: Path, extra: list[str] = ()) -> list[list[str]]:
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise utils.UserError(f"cannot read the sweep file {path} ({e})") from None
+        raise UserError(f"cannot read the sweep file {path} ({e})") from None
     if not isinstance(spec, dict) or spec.get("method") != "grid":
-        raise utils.UserError(f"{path}: only grid sweeps expand into a job array")
+        raise UserError(f"{path}: only grid sweeps expand into a job array")
     names = list(spec["parameters"])
     grids = [spec["parameters"][k]["values"] for k in names]
     commands = []
@@ -90,10 +87,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> Path:
     args = parse_args(argv)
-    commands = grid_commands(utils.resolve_path(args.sweep), args.set)
-    out = utils.make_dir(utils.resolve_path(args.out), "OUT_DIR")
-    logs = utils.make_dir(out / "logs", "OUT_DIR/logs")
-    utils.atomic_write_text(out / "commands.txt", "".join(shlex.join(c) + "\n" for c in commands))
+    commands = grid_commands(resolve_path(args.sweep), args.set)
+    out = make_dir(resolve_path(args.out), "OUT_DIR")
+    logs = make_dir(out / "logs", "OUT_DIR/logs")
+    atomic_write_text(out / "commands.txt", "".join(shlex.join(c) + "\n" for c in commands))
     resources = [f"#SBATCH --time={args.time}", f"#SBATCH --cpus-per-task={args.cpus}"]
     resources += [f"#SBATCH --gres=gpu:{args.gpus}"] if args.gpus else []
     resources += [f"#SBATCH --partition={args.partition}"] if args.partition else []
@@ -103,13 +100,13 @@ def main(argv: list[str]) -> Path:
         logs=shlex.quote(str(logs)),
         resources="\n".join(resources),
         sweep=args.sweep,
-        root=shlex.quote(str(ROOT)),
+        root=shlex.quote(str(REPO_ROOT)),
         commands=shlex.quote(str(out / "commands.txt")),
     )
-    utils.atomic_write_text(out / "sweep.sbatch", script)
+    atomic_write_text(out / "sweep.sbatch", script)
     print(f"{len(commands)} tasks; submit with: sbatch {out / 'sweep.sbatch'}")
     return out / "sweep.sbatch"
 
 
 if __name__ == "__main__":
-    utils.run_script(main)
+    run_script(main)

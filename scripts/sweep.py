@@ -1,8 +1,8 @@
 """Run many short train.py runs side by side and tabulate where each one's loss drops.
 
-    python3 scripts/sweep.py --out results/sweep --time-limit 180 --seeds 0 1 \
+    python3 -m scripts.sweep --out results/sweep --time-limit 180 --seeds 0 1 \
         --variant "b64: train.batch_size=64" --variant "lr2e-3: train.lr=2e-3"
-    python3 scripts/sweep.py --out results/seeds --seeds 100 101 102 103   # seeds of one config
+    python3 -m scripts.sweep --out results/seeds --seeds 100 101 102 103   # seeds of one config
 
 Each variant is a name and space-separated overrides of `--base` (default configs/train_tiny.yaml);
 every (variant, seed) is one train.py process writing into OUT/<name>_s<seed>/, `--parallel` at a
@@ -11,7 +11,7 @@ going `--time-limit` seconds after its own start is stopped with SIGTERM, so tha
 checkpoint, its summary and loss.png (SIGKILL only if it is still there a minute later); with
 `--stop-after-drop K`, so is a run whose loss has stayed below plateau / 3 (train.py's detector:
 the drop has ended) for K steps. Writes OUT/sweep.json and OUT/sweep.md (one row per run: the
-drop as utils.detect_drop reads it), then scripts/compare_runs.py's table of every run into
+drop as detect_drop reads it), then scripts/compare_runs.py's table of every run into
 OUT/compare (runs.md: which fraction completes, L_mask `--below` times under the plateau).
 Machines with W&B access can use the sweep files in configs/sweeps/ instead.
 """
@@ -27,10 +27,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import utils  # noqa: E402
+from utils.config import REPO_ROOT
+from utils.drop import describe_drop, detect_drop
+from utils.files import write_json
+from utils.results import markdown_table
+from utils.runs import read_metrics
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
-    records = utils.read_metrics(run_dir / "metrics.jsonl")
-    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    records = read_metrics(run_dir / "metrics.jsonl")
+    drop = detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     last = records[-1] if records else {}
     drop_time = None
     if drop["drop_step"] is not None:
@@ -76,7 +77,7 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
         "finished": finished,
         "last_step": last.get("step"),
         **drop,
-        "drop": utils.describe_drop(drop),
+        "drop": describe_drop(drop),
         "drop_time_s": drop_time,
         "final_loss": last.get("loss"),
         "final_loss_mask": last.get("loss_mask"),
@@ -86,19 +87,19 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
 
 def pruned(run_dir: Path, fraction: float) -> bool:
     """Past `fraction` of its train.steps with no sudden drop (train.py's detector)."""
-    records = utils.read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
     config = run_dir / "config.yaml"
     if not records or not config.is_file():
         return False
     steps = yaml.safe_load(config.read_text())["train"]["steps"]
-    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    drop = detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     return records[-1]["step"] >= fraction * steps and drop["drop_kind"] != "sudden"
 
 
 def completed_for(run_dir: Path) -> int | None:
     """Steps logged since the drop ended (train.py's detector), or None before a drop."""
-    records = utils.read_metrics(run_dir / "metrics.jsonl")
-    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    records = read_metrics(run_dir / "metrics.jsonl")
+    drop = detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     if drop["drop_end_step"] is None:
         return None
     return records[-1]["step"] - drop["drop_end_step"]
@@ -125,7 +126,12 @@ def main(args: argparse.Namespace) -> list[dict]:
         name, _, overrides = spec.partition(":")
         for seed in args.seeds:
             run_dir = out / f"{name.strip()}_s{seed}"
-            cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / args.base)]
+            cmd = [
+                sys.executable,
+                str(REPO_ROOT / "train.py"),
+                "--config",
+                str(REPO_ROOT / args.base),
+            ]
             cmd += [f"--{o}" for o in overrides.split()]
             cmd += [f"--train.seed={seed}", f"--train.out_dir={run_dir}", "--train.save_steps=[]"]
             jobs.append((name.strip(), seed, run_dir, cmd))
@@ -159,15 +165,17 @@ def main(args: argparse.Namespace) -> list[dict]:
             running.remove(job)
             rows.append(row(name, seed, run_dir, finished=proc.returncode == 0))
     rows.sort(key=lambda r: (r["variant"], r["seed"]))
-    utils.write_json(out / "sweep.json", rows)
+    write_json(out / "sweep.json", rows)
     cols = ["variant", "seed", "last_step", "plateau_loss", "drop_step", "drop_end_step"]
-    table = utils.markdown_table(rows, cols + ["drop", "final_loss_mask", "steps_per_s"])
+    table = markdown_table(rows, cols + ["drop", "final_loss_mask", "steps_per_s"])
     (out / "sweep.md").write_text(table)
     print(table)
-    logged = [d for _, _, d, _ in jobs if utils.read_metrics(d / "metrics.jsonl")]
+    logged = [d for _, _, d, _ in jobs if read_metrics(d / "metrics.jsonl")]
     if logged:
-        compare = [sys.executable, str(ROOT / "scripts/compare_runs.py"), "--below"]
-        subprocess.run([*compare, str(args.below), str(out / "compare"), *map(str, logged)])
+        compare = [sys.executable, "-m", "scripts.compare_runs", "--below"]
+        subprocess.run(
+            [*compare, str(args.below), str(out / "compare"), *map(str, logged)], cwd=REPO_ROOT
+        )
     return rows
 
 

@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import train  # noqa: E402
-import utils  # noqa: E402
+from trainer import TrainConfig  # noqa: E402
+from utils.config import load_config, resolve_path
 
 torch.set_num_threads(1)
 
@@ -40,10 +41,10 @@ TINY = [
 ]
 
 
-def tiny_config(tmp_path: Path, *overrides: str) -> train.TrainConfig:
+def tiny_config(tmp_path: Path, *overrides: str) -> TrainConfig:
     """configs/train_tiny.yaml shrunk to run in about a second, writing into tmp_path."""
-    return utils.load_config(
-        train.TrainConfig,
+    return load_config(
+        TrainConfig,
         ROOT / "configs" / "train_tiny.yaml",
         TINY + [f"train.out_dir={tmp_path / 'run'}", *overrides],
     )
@@ -60,7 +61,7 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny_config(tmp)
     summary = train.main(cfg)
-    return utils.resolve_path(cfg.train.out_dir), summary
+    return resolve_path(cfg.train.out_dir), summary
 
 
 def read_wandb_run(folder: Path) -> dict:

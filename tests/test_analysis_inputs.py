@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import utils
-from utils import UserError
+from utils.config import UserError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +31,7 @@ def test_too_many_positions_is_refused_before_writing(name, tiny_run, tmp_path):
     run, _ = tiny_run
     module = importlib.import_module(name)
     out = tmp_path / "out"
-    cfg = utils.load_config(
+    cfg = load_config(
         typing.get_type_hints(module.main)["cfg"],
         ROOT / "configs" / f"{name}.yaml",
         [f"ckpt.run={run}", *SCRIPTS[name], f"out_dir={out}", "device=cpu"]
@@ -53,10 +52,10 @@ def test_the_default_output_folder_is_named_after_the_run(name, tmp_path):
     would land in the first one's folder): results/<run folder name>/<script>."""
     module = importlib.import_module(name)
     schema = typing.get_type_hints(module.main)["cfg"]
-    cfg = utils.load_config(schema, ROOT / "configs" / f"{name}.yaml", ["ckpt.run=runs/seed_7"])
+    cfg = load_config(schema, ROOT / "configs" / f"{name}.yaml", ["ckpt.run=runs/seed_7"])
     assert cfg.out_dir == f"results/seed_7/{name}"
     if name == "copy_check":  # files named instead of a run: their folder's name
-        files = utils.load_config(schema, ROOT / "configs/copy_check.yaml", ["ckpt.paths=[a/b.pt]"])
+        files = load_config(schema, ROOT / "configs/copy_check.yaml", ["ckpt.paths=[a/b.pt]"])
         assert files.out_dir == "results/a/copy_check"
 
 
@@ -70,7 +69,7 @@ def test_a_folder_with_another_runs_results_is_refused(tiny_run, tmp_path):
     out = tmp_path / "out"
 
     def analyse(source):
-        cfg = utils.load_config(
+        cfg = load_config(
             copy_check.CopyCheckConfig,
             ROOT / "configs/copy_check.yaml",
             [f"ckpt.run={source}", "ckpt.steps=[20]", f"out_dir={out}", "device=cpu"]

@@ -6,16 +6,16 @@ import torch
 from conftest import ROOT
 
 import att_maps
-import utils
 from data import Batch, DataConfig, MatrixSampler
-from model import SHARES, attention_shares, attention_summary, chance_shares, load_checkpoint
+from measures import SHARES, attention_shares, attention_summary, chance_shares
+from model import load_checkpoint
 from modeling_bert import act_name
-from utils import UserError
+from utils.config import UserError, load_config, resolve_path
 
 
 def _cfg(tiny_run, tmp_path, *overrides):
     run, _ = tiny_run
-    return utils.load_config(
+    return load_config(
         att_maps.Config,
         ROOT / "configs" / "att_maps.yaml",
         [
@@ -202,7 +202,7 @@ def test_an_authors_head_outside_this_model_says_how_to_skip_it(tiny_run, tmp_pa
     cfg = _cfg(tiny_run, tmp_path, "att_maps.col_head=[2, 1]")
     with pytest.raises(UserError, match=r"layer 2 outside 0\.\.1 .*att_maps\.col_head=\[\] skips"):
         att_maps.main(cfg)
-    assert not utils.resolve_path(cfg.out_dir).exists()
+    assert not resolve_path(cfg.out_dir).exists()
 
 
 def _shares_grid(layers: int, heads: int) -> dict:

@@ -14,14 +14,24 @@ from torch.autograd.profiler_util import Kernel
 from torch.profiler import ProfilerActivity
 
 import bench
-import utils
 from data import DataConfig, MatrixSampler
+from trainer import TrainConfig, Trainer
+from utils.config import UserError, load_config
+from utils.profiling import (
+    CLASSES,
+    SAMPLER_RANGE,
+    _device_work,
+    attribute,
+    breakdown,
+    in_range,
+    op_class,
+)
 
 
 def test_bench_runs_and_reports(tmp_path):
     pytest.importorskip("transformers")
     overrides = [o for o in TINY if not o.startswith("train.steps")]
-    cfg = utils.load_config(
+    cfg = load_config(
         bench.BenchConfig,
         ROOT / "configs/bench.yaml",
         [
@@ -106,22 +116,22 @@ def test_op_class_known_names(name, cls):
     """Catches a pattern that files a known op or kernel in the wrong class: e.g. the fused Adam
     kernel (`multi_tensor_apply`, which contains "mul") as elementwise, a memory-efficient
     attention kernel (`fmha_cutlass...`) as matmul, or `aten::addmm` as an elementwise add."""
-    assert bench.op_class(name) == cls
+    assert op_class(name) == cls
 
 
 def test_attribute_ranges_and_fallback():
     """Catches work attributed by its own name only: a matmul inside the sampler range or a
     copy inside `Optimizer.step` must count as sampler / optimizer, a math-path SDPA's bmm as
     attention, and an unknown kernel (or an allocation) takes the class of the op around it."""
-    assert bench.attribute(["aten::mm", "aten::matmul", bench.SAMPLER_RANGE]) == "sampler"
-    assert bench.attribute(["aten::_softmax", "aten::softmax", bench.SAMPLER_RANGE]) == "sampler"
-    assert bench.attribute(["aten::copy_", "Optimizer.step#Adam.step"]) == "optimizer"
+    assert attribute(["aten::mm", "aten::matmul", SAMPLER_RANGE]) == "sampler"
+    assert attribute(["aten::_softmax", "aten::softmax", SAMPLER_RANGE]) == "sampler"
+    assert attribute(["aten::copy_", "Optimizer.step#Adam.step"]) == "optimizer"
     sdpa = ["aten::bmm", "aten::_scaled_dot_product_attention_math"]
-    assert bench.attribute(sdpa + ["aten::scaled_dot_product_attention"]) == "attention"
-    assert bench.attribute(["gemmk1_kernel", "aten::mm", "aten::linear"]) == "matmul"
-    assert bench.attribute(["aten::empty_strided", "aten::_to_copy", "aten::to"]) == "elementwise"
-    assert bench.attribute(["aten::t", "aten::linear"]) == "matmul"
-    assert bench.attribute(["aten::view"]) == "other"
+    assert attribute(sdpa + ["aten::scaled_dot_product_attention"]) == "attention"
+    assert attribute(["gemmk1_kernel", "aten::mm", "aten::linear"]) == "matmul"
+    assert attribute(["aten::empty_strided", "aten::_to_copy", "aten::to"]) == "elementwise"
+    assert attribute(["aten::t", "aten::linear"]) == "matmul"
+    assert attribute(["aten::view"]) == "other"
 
 
 def _event(name, parent=None, device_type=DeviceType.CPU, annotation=False, kernels=(), us=0.0):
@@ -147,9 +157,9 @@ def test_device_work_skips_annotation_spans():
     mm = _event("aten::mm", kernels=[Kernel("ampere_bf16_s16816gemm_bf16_tn", 0, 40.0)])
     span = _event("Optimizer.step#Adam.step", None, DeviceType.CUDA, annotation=True, us=30.0)
     events = [step, adam, mm, span]
-    by_class, by_name = bench.breakdown(bench._device_work(events))
+    by_class, by_name = breakdown(_device_work(events))
     assert by_class["optimizer"] == 25 and by_class["matmul"] == 40
-    assert sum(by_class.values()) == 65 and set(by_class) == set(bench.CLASSES)
+    assert sum(by_class.values()) == 65 and set(by_class) == set(CLASSES)
     assert by_name[("multi_tensor_apply_kernel", "optimizer")] == 25
 
 
@@ -157,16 +167,16 @@ def test_in_range_wraps_then_restores():
     """Catches the sampler left wrapped after profiling (later timings would pay for the range)
     or not wrapped at all (its work would be filed under other)."""
     sampler = MatrixSampler(DataConfig(m=3, n=3, rank=1), "cpu")
-    with bench.in_range(sampler, "sample", bench.SAMPLER_RANGE):
+    with in_range(sampler, "sample", SAMPLER_RANGE):
         with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
             sampler.sample(2)
     assert "sample" not in vars(sampler)
-    assert any(e.name == bench.SAMPLER_RANGE for e in prof.events())
+    assert any(e.name == SAMPLER_RANGE for e in prof.events())
 
 
 def _bench_cfg(out_dir, *extra):
     overrides = [o for o in TINY if not o.startswith("train.steps")]
-    return utils.load_config(
+    return load_config(
         bench.BenchConfig,
         ROOT / "configs/bench.yaml",
         [
@@ -193,7 +203,7 @@ def test_profile_on_cpu(tmp_path, capsys):
     p = run["profile"]
     assert saved["profile"] == p
     assert p["steps"] == 2 and "CPU op time" in p["busy_is"]
-    assert set(p["ms_per_step"]) == set(bench.CLASSES)
+    assert set(p["ms_per_step"]) == set(CLASSES)
     assert math.isclose(sum(p["ms_per_step"].values()), p["busy_ms_per_step"], rel_tol=1e-9)
     for cls in ("matmul", "elementwise", "optimizer", "sampler"):
         assert p["ms_per_step"][cls] > 0, cls
@@ -217,7 +227,7 @@ def test_refuses_out_dir_with_summary(tmp_path):
     """Catches a bench that overwrites an earlier bench's summary.json (and its config.yaml):
     it must stop with one line naming the folder and the option, having written nothing."""
     (tmp_path / "summary.json").write_text('{"earlier": true}\n')
-    with pytest.raises(utils.UserError) as err:
+    with pytest.raises(UserError) as err:
         bench.main(_bench_cfg(tmp_path))
     message = str(err.value)
     assert str(tmp_path) in message and "bench.out_dir" in message and "\n" not in message
@@ -240,7 +250,7 @@ def test_checks_inputs_before_writing(tmp_path, bad):
     minutes of timing): a variant is checked only when its turn comes."""
     out_dir = tmp_path / "out"
     cfg = _bench_cfg(out_dir, bad)
-    with pytest.raises(utils.UserError):
+    with pytest.raises(UserError):
         bench.main(cfg)
     assert not out_dir.exists()
 
@@ -248,13 +258,9 @@ def test_checks_inputs_before_writing(tmp_path, bad):
 def test_logging_times_the_log_steps_too(monkeypatch):
     """Catches bench.logging being ignored: with it, train.py's logging work runs every
     log_every steps of the timed loop (what the hidden-progress overhead is measured with)."""
-    cfg = utils.load_config(
-        bench.train.TrainConfig, ROOT / "configs/train_tiny.yaml", [*TINY, "train.log_every=4"]
-    )
+    cfg = load_config(TrainConfig, ROOT / "configs/train_tiny.yaml", [*TINY, "train.log_every=4"])
     calls = []
-    monkeypatch.setattr(
-        bench.train.Trainer, "log_record", lambda self, step, metrics: calls.append(step)
-    )
+    monkeypatch.setattr(Trainer, "log_record", lambda self, step, metrics: calls.append(step))
     loop = bench.make_ours(cfg, logging=True)
     bench.time_rounds({"ours": loop}, warmup=0, steps=12, rounds=1)
     assert calls == [4, 8, 12]
@@ -268,7 +274,7 @@ def test_logging_share_and_figure(tmp_path):
     """Catches the logging time not measured (the hidden-progress overhead would be invisible) and
     a bench with no figure of its loops."""
     overrides = [o for o in TINY if not o.startswith("train.steps")] + ["train.log_every=5"]
-    cfg = utils.load_config(
+    cfg = load_config(
         bench.BenchConfig,
         ROOT / "configs/bench.yaml",
         [
@@ -297,7 +303,7 @@ def test_the_recorded_matmuls_of_a_step_are_its_forward_and_backward_flops():
     misses addmm or bmm, or counts the FLOPs of a matmul wrongly: one step's recorded matmuls
     must add up to 6 × tokens × the linear weights plus 12·B·T²·D per layer of attention (and
     the sampler's U Vᵀ)."""
-    cfg = utils.load_config(bench.train.TrainConfig, ROOT / "configs/train_tiny.yaml", TINY)
+    cfg = load_config(TrainConfig, ROOT / "configs/train_tiny.yaml", TINY)
     loop = bench.make_ours(cfg)
     model = loop.trainer.model
     tokens = cfg.train.batch_size * cfg.data.m * cfg.data.n

@@ -1,19 +1,18 @@
+import importlib
 import json
 import math
-import runpy
 
 import pytest
 from conftest import ROOT
 
 import compare_nuc_bert
-import utils
 from model import load_checkpoint
-from utils import UserError
+from utils.config import UserError, load_config
 
 
 def _config(tiny_run, tmp_path, *overrides):
     run, _ = tiny_run
-    return utils.load_config(
+    return load_config(
         compare_nuc_bert.CompareConfig,
         ROOT / "configs" / "compare_nuc_bert.yaml",
         [
@@ -50,7 +49,7 @@ def test_data_p_mask_is_refused(tiny_run, tmp_path):
 
 
 def test_missing_checkpoint_says_how_to_make_it(tmp_path):
-    cfg = utils.load_config(
+    cfg = load_config(
         compare_nuc_bert.CompareConfig,
         ROOT / "configs" / "compare_nuc_bert.yaml",
         [f"ckpt.run={tmp_path / 'nothing'}", "device=cpu"],
@@ -87,7 +86,7 @@ def test_redraw_rebuilds_the_figure_from_summary_json(tiny_run, tmp_path):
     """Bug: a figure could only be redrawn by rerunning the solver on the checkpoint.
     scripts/redraw.py finds the script from config.yaml and redraws from summary.json alone;
     a summary from before `train_p_mask` was saved is drawn without the marker, and says so."""
-    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    redraw = importlib.import_module("scripts.redraw").redraw
     compare_nuc_bert.main(_config(tiny_run, tmp_path))
     out = tmp_path / "out"
     (out / "compare_nuc_bert.png").unlink()

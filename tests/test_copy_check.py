@@ -8,13 +8,13 @@ from conftest import ROOT
 from torch import nn
 
 import copy_check
-import utils
 from data import DataConfig, MatrixSampler, detokenize
+from utils.config import load_config
 
 
 def test_smoke_writes_the_table(tiny_run, tmp_path):
     run, _ = tiny_run
-    cfg = utils.load_config(
+    cfg = load_config(
         copy_check.CopyCheckConfig,
         ROOT / "configs" / "copy_check.yaml",
         [

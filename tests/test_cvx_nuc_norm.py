@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import cvx_nuc_norm
-from cvx_nuc_norm import complete, errors, solve_cvxpy, solve_ipm
+import nuclear_norm
 from data import DataConfig, MatrixSampler
-from utils import UserError
+from nuclear_norm import complete, errors, solve_cvxpy, solve_ipm
+from utils.config import UserError
 
 # Clarabel's default tolerances leave up to ~1e-4 in the solution; these make it an accurate
 # reference (it may then end with status "optimal_inaccurate", its solution still the closer one).
@@ -149,8 +150,8 @@ def test_compare_with_on_a_worked_example(monkeypatch):
     observed = torch.tensor(seen)
     batch = make_batch(values, observed, DataConfig(m=2, n=2, rank=1))
     solved = torch.tensor([True, True, False])
-    monkeypatch.setattr(cvx_nuc_norm, "complete", lambda v, o, lam, solver: (0.5 * v, solved))
-    row = cvx_nuc_norm.compare_with(2 * batch.target, batch, "ipm")
+    monkeypatch.setattr(nuclear_norm, "complete", lambda v, o, lam, solver: (0.5 * v, solved))
+    row = nuclear_norm.compare_with(2 * batch.target, batch, "ipm")
     # squared errors of the BERT (error = the truth): matrix 0: 1, 0, 0, 0.25; matrix 1: 0.25 ×4;
     # hidden entries: (0, 1) of matrix 0 (0) and (1, 0) of matrix 1 (0.25)
     want = {"bert_loss": 2.25 / 8, "bert_loss_obs": 2.0 / 6, "bert_loss_mask": 0.25 / 2}

@@ -3,7 +3,7 @@ import torch
 
 import data
 from data import DataConfig, MatrixSampler
-from utils import UserError
+from utils.config import UserError
 
 
 def test_vocab_size_matches_paper():

@@ -1,6 +1,6 @@
+import importlib
 import json
 import math
-import runpy
 
 import numpy as np
 import pytest
@@ -9,9 +9,11 @@ from conftest import ROOT
 
 import data
 import embed
-import utils
-from model import evaluate, load_checkpoint
-from utils import UserError, geometry
+from measures import evaluate
+from model import load_checkpoint
+from utils import geometry
+from utils.config import UserError, load_config
+from utils.geometry import better_axis
 
 FILES = {
     "token_norm": ["token_norm.png", "token_norm.pdf", "token_norm.csv"],
@@ -25,7 +27,7 @@ FILES = {
 
 
 def embed_config(out_dir, run, *overrides):
-    return utils.load_config(
+    return load_config(
         embed.EmbedConfig,
         ROOT / "configs" / "embed.yaml",
         [
@@ -67,7 +69,7 @@ def test_each_exp_type_writes_finite_outputs(tiny_run, tmp_path, exp_type):
 
 
 def test_value_tokens_are_the_tokenizers():
-    values, ids = embed.value_tokens(data.DataConfig(), -1.5, 1.5)
+    values, ids = data.value_tokens(data.DataConfig(), -1.5, 1.5)
     assert len(values) == 301 and ids[150] == 1001 and values[150] == 0.0
     back, observed = data.detokenize(torch.tensor(ids).view(1, -1), 1, len(ids))
     assert observed.all() and torch.allclose(back.view(-1).double(), torch.tensor(values))
@@ -115,11 +117,11 @@ def test_silhouette_tells_columns_from_rows():
 
 def test_grouping_axis_needs_a_clear_margin():
     """Catches naming an axis from noise: two near-equal or negative silhouettes name neither."""
-    assert utils.better_axis(0.21, 0.13, geometry.AXIS_MARGIN, floor=0.0) == "row"
-    assert utils.better_axis(0.13, 0.21, geometry.AXIS_MARGIN, floor=0.0) == "column"
-    assert utils.better_axis(0.15, 0.13, geometry.AXIS_MARGIN, floor=0.0) == "neither"
-    assert utils.better_axis(-0.1, -0.3, geometry.AXIS_MARGIN, floor=0.0) == "neither"
-    assert utils.better_axis(None, 0.5, geometry.AXIS_MARGIN, floor=0.0) == "neither"
+    assert better_axis(0.21, 0.13, geometry.AXIS_MARGIN, floor=0.0) == "row"
+    assert better_axis(0.13, 0.21, geometry.AXIS_MARGIN, floor=0.0) == "column"
+    assert better_axis(0.15, 0.13, geometry.AXIS_MARGIN, floor=0.0) == "neither"
+    assert better_axis(-0.1, -0.3, geometry.AXIS_MARGIN, floor=0.0) == "neither"
+    assert better_axis(None, 0.5, geometry.AXIS_MARGIN, floor=0.0) == "neither"
 
 
 def test_permutation_is_undone_and_identity_changes_nothing(tiny_run):
@@ -243,7 +245,7 @@ def test_redraw_redraws_each_exp_type_or_says_what_was_not_saved(tiny_run, tmp_p
     """Bug: embed's figures could only be redrawn from the checkpoints. scripts/redraw.py
     redraws every exp_type's figures from summary.json alone; for a summary from before the
     points were saved it names the figures it could not redraw and leaves them as they were."""
-    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    redraw = importlib.import_module("scripts.redraw").redraw
     run, _ = tiny_run
     for exp_type in ("token_norm", "token_pca", "pos_norm", "pos_progress"):
         embed.main(embed_config(tmp_path, run, f"exp_type={exp_type}"))
@@ -288,11 +290,11 @@ def test_value_bins_on_a_worked_example():
 
 
 def _context(model, tmp_path, *overrides):
-    cfg = utils.load_config(
+    cfg = load_config(
         embed.EmbedConfig, ROOT / "configs" / "embed.yaml", ["device=cpu", *overrides]
     )
     data_cfg = data.DataConfig(m=3, n=3, rank=1)
-    values, ids = embed.value_tokens(data_cfg, -0.03, 0.03)
+    values, ids = data.value_tokens(data_cfg, -0.03, 0.03)
     return embed.Context(cfg, model, 7, data_cfg, values, ids, tmp_path, torch.device("cpu"))
 
 
@@ -391,7 +393,7 @@ def test_token_progress_projects_every_step_on_the_final_components(tiny_run, tm
     cfg = embed_config(tmp_path, run, "exp_type=token_progress")
     final, ckpt = load_checkpoint(run / "step_000020.pt")
     data_cfg = data.DataConfig(**ckpt["config"]["data"])
-    values, ids = embed.value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
+    values, ids = data.value_tokens(data_cfg, cfg.embed.value_min, cfg.embed.value_max)
     ctx = embed.Context(cfg, final, 20, data_cfg, values, ids, tmp_path, torch.device("cpu"))
     summary, rows = embed.run_token_progress(ctx)
     pca = geometry.fit_pca(embed.token_embeddings(final, ids))

@@ -9,9 +9,10 @@ import torch
 from conftest import ROOT
 
 import copy_check
-import utils
+from analysis import trained_data_config
 from data import MatrixSampler
-from model import load_checkpoint, trained_data_config
+from model import load_checkpoint
+from utils.config import UserError, load_config
 
 DEMO, DEMO_HF = ROOT / "checkpoints/cpu_demo", ROOT / "checkpoints/cpu_demo_hf"
 
@@ -48,7 +49,7 @@ def test_an_analysis_reads_the_exported_folder_as_its_run(tmp_path):
     --ckpt.run=checkpoints/cpu_demo_hf gives the numbers it gives on the .pt checkpoints."""
     rows = {}
     for name, run in (("pt", DEMO), ("hf", DEMO_HF)):
-        cfg = utils.load_config(
+        cfg = load_config(
             copy_check.CopyCheckConfig,
             ROOT / "configs/copy_check.yaml",
             [f"ckpt.run={run}", "ckpt.steps=[2000,20000]", f"out_dir={tmp_path / name}"]
@@ -66,9 +67,10 @@ def test_export_round_trips_a_run_and_refuses_a_folder_that_is_not_one(tiny_run,
     run, _ = tiny_run
     out = tmp_path / "hf"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/export_run.py"), "--hf", str(run), str(out), "20"],
+        [sys.executable, "-m", "scripts.export_run", "--hf", str(run), str(out), "20"],
         capture_output=True,
         text=True,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     card = (out / "step_000020" / "README.md").read_text()
@@ -81,5 +83,5 @@ def test_export_round_trips_a_run_and_refuses_a_folder_that_is_not_one(tiny_run,
     for key, value in original.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
     (out / "step_000020" / "model.safetensors").write_bytes(b"not a tensor file")
-    with pytest.raises(utils.UserError, match="model.safetensors is corrupt"):
+    with pytest.raises(UserError, match="model.safetensors is corrupt"):
         load_checkpoint(out / "step_000020")

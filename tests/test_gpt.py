@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -12,12 +13,12 @@ import torch
 import yaml
 from conftest import ROOT
 
-import utils
 from data import DataConfig, MatrixSampler, make_batch
-from src.gpt import data as gpt_data
+from src.gpt import sequences
 from src.gpt import train as gpt_train
 from src.gpt.model import GPT, GPTConfig, KVCache, act_name, generate, load_gpt
-from utils import UserError
+from utils.config import UserError, load_config, parse_cli, resolve_path
+from utils.runs import read_metrics
 
 CONFIG = ROOT / "src" / "configs" / "gpt.yaml"
 TINY = [
@@ -42,7 +43,7 @@ TINY = [
 
 def tiny_config(tmp_path, *overrides: str) -> gpt_train.GPTTrainConfig:
     """src/configs/gpt.yaml shrunk to 3×3 rank-1 matrices and a width-32 decoder."""
-    return utils.load_config(
+    return load_config(
         gpt_train.GPTTrainConfig, CONFIG, TINY + [f"train.out_dir={tmp_path / 'run'}", *overrides]
     )
 
@@ -51,7 +52,7 @@ def tiny_config(tmp_path, *overrides: str) -> gpt_train.GPTTrainConfig:
 def gpt_run(tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("gpt_run"))
     summary = gpt_train.main(cfg)
-    return cfg, utils.resolve_path(cfg.train.out_dir), summary
+    return cfg, resolve_path(cfg.train.out_dir), summary
 
 
 def tiny_model(attention: str = "softmax", seed: int = 0) -> GPT:
@@ -68,22 +69,22 @@ def test_sequence_layout_on_a_worked_example():
     values = torch.tensor([[[0.44, -0.24], [0.00, 1.50]]])
     observed = torch.tensor([[[True, False], [True, True]]])
     batch = make_batch(values, observed, cfg)
-    seq = gpt_data.build_sequences(batch.input_ids, batch.target, cfg, check=True)
+    seq = sequences.build_sequences(batch.input_ids, batch.target, cfg, check=True)
     # prompt: the masked matrix (MASK = 0 at the hidden entry) and SEP; then the full matrix
     assert seq.tolist() == [[245, 0, 201, 351, 404, 245, 177, 201, 351]]
-    assert gpt_data.decode(seq[:, 5:], 2, 2, cfg).tolist() == values.tolist()
+    assert sequences.decode(seq[:, 5:], 2, 2, cfg).tolist() == values.tolist()
 
 
 def test_paper_vocabulary_and_context():
-    cfg = utils.load_config(gpt_train.GPTTrainConfig, CONFIG)
-    assert gpt_data.value_id_range(cfg.data) == (1, 401)
-    assert gpt_data.sep_token_id(cfg.data) == 404
+    cfg = load_config(gpt_train.GPTTrainConfig, CONFIG)
+    assert sequences.value_id_range(cfg.data) == (1, 401)
+    assert sequences.sep_token_id(cfg.data) == 404
     assert (cfg.model.vocab_size, cfg.model.block_size) == (405, 99)
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (2, 2, 256)
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.steps) == (1e-4, 256, 100_000)
     ends = torch.tensor([[[-2.0, 2.0]]])
     batch = make_batch(ends, torch.ones_like(ends, dtype=torch.bool), cfg.data)
-    ids = gpt_data.build_sequences(batch.input_ids, batch.target, cfg.data)
+    ids = sequences.build_sequences(batch.input_ids, batch.target, cfg.data)
     assert ids.tolist() == [[1, 401, 404, 1, 401]]
 
 
@@ -92,7 +93,7 @@ def test_values_outside_the_vocabulary_are_an_error():
     values = torch.tensor([[[0.5, 2.5], [0.0, 0.0]]])
     batch = make_batch(values, torch.tensor([[[True, False], [True, True]]]), cfg)
     with pytest.raises(UserError, match="outside the vocabulary"):
-        gpt_data.build_sequences(batch.input_ids, batch.target, cfg, check=True)
+        sequences.build_sequences(batch.input_ids, batch.target, cfg, check=True)
 
 
 # ---------------------------------------------------------------- the model
@@ -144,8 +145,8 @@ def test_generation_returns_value_tokens(gpt_run):
     cfg, out_dir, _ = gpt_run
     model, _ = load_gpt(out_dir / "step_000040.pt")
     batch = MatrixSampler(cfg.data, seed=5).sample(16)
-    seq = gpt_data.build_sequences(batch.input_ids, batch.target, cfg.data)
-    out = generate(model, seq[:, :10], 9, allowed=gpt_data.value_id_range(cfg.data))
+    seq = sequences.build_sequences(batch.input_ids, batch.target, cfg.data)
+    out = generate(model, seq[:, :10], 9, allowed=sequences.value_id_range(cfg.data))
     assert out.shape == (16, 9) and out.dtype == torch.long
     assert ((out >= 1) & (out <= 401)).all()  # never MASK (0), SEP (404) or the unused 402, 403
     free = generate(model, seq[:, :10], 9)  # unrestricted: any id of the vocabulary
@@ -235,12 +236,14 @@ def test_bad_config_is_a_clear_error(tmp_path, override, match):
 
 
 def test_cli_runs_from_another_folder(tmp_path):
-    script = str(ROOT / "src" / "gpt" / "train.py")
+    """The script resolves its config and outputs from the repo root, not the working folder
+    (run as a module: the repo root on PYTHONPATH)."""
     proc = subprocess.run(
-        [sys.executable, script, "--config", str(CONFIG), "--train.bogus=1"],
+        [sys.executable, "-m", "src.gpt.train", "--config", str(CONFIG), "--train.bogus=1"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "unknown key 'train.bogus'" in proc.stderr
@@ -248,7 +251,7 @@ def test_cli_runs_from_another_folder(tmp_path):
 
 def test_help_lists_the_gpt_options(capsys):
     with pytest.raises(SystemExit):
-        utils.parse_cli(gpt_train.GPTTrainConfig, gpt_train.__doc__, "x.yaml", ["--help"])
+        parse_cli(gpt_train.GPTTrainConfig, gpt_train.__doc__, "x.yaml", ["--help"])
     out = capsys.readouterr().out
     for key in ("--model.attention", "--train.attn_map_steps", "--data.p_mask", "--wandb.log"):
         assert key in out
@@ -263,7 +266,7 @@ def test_copy_score_of_a_copying_head_is_one():
 
 
 def test_the_cpu_config_loads():
-    cfg = utils.load_config(gpt_train.GPTTrainConfig, ROOT / "src" / "configs" / "gpt_cpu.yaml")
+    cfg = load_config(gpt_train.GPTTrainConfig, ROOT / "src" / "configs" / "gpt_cpu.yaml")
     assert (cfg.data.m, cfg.data.rank, cfg.model.block_size) == (7, 2, 99)
 
 
@@ -272,8 +275,8 @@ def test_the_copying_drop_is_found_after_the_initial_fall():
     their first flat stretch is the loss at initialisation (5.98), which moved the drop's start
     to step 220; the plateau is the 5.42 of steps 10-240."""
     folder = ROOT / "docs/results/gpt_cpu/rerun_2026-11-30"
-    records = utils.read_metrics(folder / "metrics.jsonl")
-    cfg = utils.load_config(gpt_train.GPTTrainConfig, folder / "config.yaml")
+    records = read_metrics(folder / "metrics.jsonl")
+    cfg = load_config(gpt_train.GPTTrainConfig, folder / "config.yaml")
     assert records[0]["step"] == 1
     summary = gpt_train.summarize(records, [], 1.0, cfg, "cpu", "fp32")
     assert (summary["drop_step"], summary["drop_end_step"]) == (240, 370)
@@ -328,7 +331,7 @@ def test_completion_metrics_on_a_worked_example():
     values = torch.tensor([[[0.5, -0.5], [0.0, 1.0]]])
     observed = torch.tensor([[[True, False], [True, True]]])
     batch = make_batch(values, observed, cfg)
-    seq = gpt_data.build_sequences(batch.input_ids, batch.target, cfg)
+    seq = sequences.build_sequences(batch.input_ids, batch.target, cfg)
     decoded = torch.tensor([[0.5, -0.5, 0.5, 0.0]])
     generated = seq[:, 5:].clone()
     generated[0, 2:] = 1  # wrong tokens at entries 2 and 3

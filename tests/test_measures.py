@@ -1,5 +1,6 @@
-"""The measures of what the model does inside (model.py), and the hidden-progress log that records
-them during training (train.Trainer.measure_progress), on constructed cases with known answers."""
+"""The measures of what the model does inside (measures.py), and the hidden-progress log that
+records them during training (task.MatrixCompletion.measure_progress), on constructed cases with
+known answers."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-import train
-from model import (
-    attention_shares,
-    chance_shares,
-    head_role,
-    representation_collapse,
-)
+from measures import attention_shares, chance_shares, head_role, representation_collapse
 from modeling_bert import act_name
+from trainer import Trainer
 
 
 def _vectors(*rows: list[float]) -> torch.Tensor:
@@ -128,8 +124,8 @@ def test_progress_log_measures_each_layer_where_it_says(tmp_path):
     to itself), layer 1's within columns."""
     # 4×4 matrices, 2 layers of 4 heads, width 32; fp32, as bf16 would round the forced 1/3s
     cfg = tiny_config(tmp_path, "train.precision=fp32")
-    trainer = train.Trainer(cfg)
-    batch = trainer.progress_batch[0]
+    trainer = Trainer(cfg)
+    batch = trainer.task.progress_batch[0]
     b, t, d = batch.input_ids.shape[0], 16, cfg.model.hidden_size
     m, n = cfg.data.m, cfg.data.n
     forced = {
@@ -145,7 +141,7 @@ def test_progress_log_measures_each_layer_where_it_says(tmp_path):
     forced[act_name("pattern", 1)] = layer1.expand(b, -1, -1, -1)
     hooks = [(name, lambda x, hook, v=v: v.to(x.dtype)) for name, v in forced.items()]
     with trainer.model.hooks(hooks):
-        got = trainer.measure_progress()
+        got = trainer.task.measure_progress()
     assert got["collapse"].tolist() == pytest.approx([1.0, 0.0, 0.5], abs=1e-6)
     want = {
         "att_row": [[1, 1, 1, 0], [0, 0, 0, 0]],

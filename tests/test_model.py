@@ -1,11 +1,21 @@
 import pytest
 import torch
 
-import utils
+from analysis import (
+    AnalysisData,
+    CkptSection,
+    PrePostCkptSection,
+    StepsCkptSection,
+    analysis_data_config,
+    checkpoint_path,
+    load_from_section,
+)
 from data import DataConfig, MatrixSampler
-from model import MatrixBert, batch_losses, evaluate, load_checkpoint, predict
+from measures import LOSSES, batch_losses, evaluate, masked_mse, predict
+from model import MatrixBert, load_checkpoint
 from modeling_bert import BertConfig, ablate_head_hooks
-from utils import CkptSection, PrePostCkptSection, StepsCkptSection, UserError
+from utils.config import UserError
+from utils.floats import to_floats
 
 
 def _small_model(**overrides):
@@ -88,8 +98,6 @@ def test_checkpoint_path_errors_say_how_to_make_it(tmp_path, tiny_run):
     """Catches a hint that does not work: a missing run gets the train command that makes it; a
     run without the step lists the steps it holds (the old hint suggested training into a folder
     that already held a run, which train.py refuses)."""
-    from model import checkpoint_path
-    from utils import CkptSection
 
     missing = tmp_path / "none"
     with pytest.raises(UserError, match="python3 train.py --config configs/train.yaml"):
@@ -104,8 +112,6 @@ def test_checkpoint_path_errors_say_how_to_make_it(tmp_path, tiny_run):
 
 
 def test_analysis_data_defaults_to_the_checkpoint(tiny_run):
-    from model import analysis_data_config, load_from_section
-    from utils import AnalysisData, CkptSection
 
     out_dir, _ = tiny_run
     model, ckpt = load_from_section(CkptSection(run=str(out_dir)))
@@ -127,9 +133,9 @@ def test_evaluate_is_masked_mse_over_every_entry_of_every_batch():
         pred = model(ids)
     target = torch.cat([b.target for b in batches])
     observed = torch.cat([b.observed for b in batches])
-    expected = utils.to_floats(utils.masked_mse(pred, target, observed))
+    expected = to_floats(masked_mse(pred, target, observed))
     got = evaluate(model, batches)
-    assert set(got) == set(expected) >= set(utils.LOSSES)
+    assert set(got) == set(expected) >= set(LOSSES)
     assert got == pytest.approx(expected, rel=1e-6)
     assert evaluate(model, batches, ablate_head_hooks([(0, 1)], "zero")) != pytest.approx(got)
     assert evaluate(model, batches) == got  # the hooks were removed
@@ -138,7 +144,7 @@ def test_evaluate_is_masked_mse_over_every_entry_of_every_batch():
     preds = [predict(model, b.input_ids, 3, "cpu") for b in mixed]
     flat = [torch.cat([x.flatten() for x in xs]) for xs in (preds, [b.target for b in mixed])]
     obs = torch.cat([b.observed.flatten() for b in mixed])
-    expected = utils.to_floats(utils.masked_mse(flat[0], flat[1], obs))
+    expected = to_floats(masked_mse(flat[0], flat[1], obs))
     assert evaluate(model, mixed) == pytest.approx(expected, rel=1e-6)
     assert batch_losses(preds, mixed) == pytest.approx(expected, rel=1e-6)
 
@@ -176,7 +182,7 @@ def test_masked_mse_on_a_worked_example():
     target = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
     observed = torch.tensor([[True, False, True, False]])
     # squared errors 0.25, 1, 1, 1; entries 0 and 2 observed, 1 and 3 hidden
-    got = utils.to_floats(utils.masked_mse(pred, target, observed))
+    got = to_floats(masked_mse(pred, target, observed))
     assert got == pytest.approx(
         {
             "loss": (0.25 + 1 + 1 + 1) / 4,  # 0.8125

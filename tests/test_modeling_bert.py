@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import modeling_bert
+from analysis import check_heads, resolve_indices
 from data import DataConfig, MatrixSampler
-from model import MatrixBert, check_heads, resolve_indices
+from model import MatrixBert
 from modeling_bert import (
     BertConfig,
     BertConfigError,
@@ -14,7 +15,7 @@ from modeling_bert import (
     patch_hooks,
     patch_z_hooks,
 )
-from utils import UserError
+from utils.config import UserError
 
 CFG = BertConfig(
     vocab_size=50,

@@ -6,17 +6,17 @@ import torch
 from conftest import ROOT
 from torch import nn
 
-import model as model_lib
+import analysis as analysis_module
 import ood
-import utils
+from analysis import AnalysisData, analysis_data_config
 from data import DataConfig, detokenize
-from model import analysis_data_config, load_checkpoint
-from utils import UserError
+from model import load_checkpoint
+from utils.config import UserError, load_config
 
 
 def test_smoke_sweeps_and_says_where_it_stops(tiny_run, tmp_path):
     run, _ = tiny_run  # 4×4 rank-1 matrices, 64 positions
-    cfg = utils.load_config(
+    cfg = load_config(
         ood.OodConfig,
         ROOT / "configs" / "ood.yaml",
         [
@@ -95,8 +95,10 @@ def test_a_copying_model_scores_what_copying_scores_at_every_point(tiny_run, tmp
     run, _ = tiny_run
     model, ckpt = load_checkpoint(run / "step_000020.pt")
     copier = Copier(model.config)
-    monkeypatch.setattr(model_lib, "load_from_section", lambda section, device: (copier, ckpt))
-    cfg = utils.load_config(
+    monkeypatch.setattr(
+        analysis_module, "load_from_section", lambda section, device: (copier, ckpt)
+    )
+    cfg = load_config(
         ood.OodConfig,
         ROOT / "configs" / "ood.yaml",
         [
@@ -126,7 +128,7 @@ def test_each_point_changes_one_thing_and_the_trained_one_is_marked():
     """Catches a sweep point that changes more than its own field (or the wrong one), the figure's
     "as trained" mark spelt unlike the sweep's labels (or rows and columns swapped: 5×6 here),
     and a redrawn fraction that is not 0 where every matrix fits (uniform factors)."""
-    base = utils.AnalysisData(m=5, n=6, rank=2, p_mask=0.2)
+    base = AnalysisData(m=5, n=6, rank=2, p_mask=0.2)
     section = ood.OodSection(["uniform", "gaussian:0.5"], ranks=[3], rows=[4], cols=[7])
     points = ood.sweep_points(section, base)
     labels = {kind: [label for label, _ in pts] for kind, pts in points.items()}

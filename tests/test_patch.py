@@ -1,6 +1,6 @@
+import importlib
 import json
 import math
-import runpy
 import subprocess
 import sys
 
@@ -9,16 +9,15 @@ import torch
 from conftest import ROOT
 
 import patch
-import utils
 from data import DataConfig, MatrixSampler
 from model import load_checkpoint
 from modeling_bert import act_name, patch_hooks, patch_z_hooks
-from utils import UserError
+from utils.config import UserError, load_config, resolve_path
 
 
 def _cfg(tiny_run, tmp_path, *overrides):
     run, _ = tiny_run
-    return utils.load_config(
+    return load_config(
         patch.Config,
         ROOT / "configs" / "patch.yaml",
         [
@@ -127,7 +126,7 @@ def test_redraw_rebuilds_both_sweeps_from_summary_json(tiny_run, tmp_path):
     """Bug: the sweep figures could only be redrawn by rerunning the model. scripts/redraw.py
     finds the script from config.yaml and redraws them from summary.json alone, with the n/a text
     where the run had no gap to restore (the tiny model only copies: none at hidden entries)."""
-    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    redraw = importlib.import_module("scripts.redraw").redraw
     patch.main(_cfg(tiny_run, tmp_path))
     out = tmp_path / "out"
     saved = json.loads((out / "summary.json").read_text())
@@ -143,7 +142,7 @@ def test_redraw_rebuilds_both_sweeps_from_summary_json(tiny_run, tmp_path):
 def test_redraw_refuses_a_folder_it_cannot_place(tmp_path):
     """scripts/redraw.py on a folder that is not an analysis's output, or whose config.yaml is no
     script's it knows, stops with one line that says why (and exit code 2 from the shell)."""
-    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    redraw = importlib.import_module("scripts.redraw").redraw
     with pytest.raises(UserError, match="no config.yaml"):
         redraw(tmp_path)
     (tmp_path / "config.yaml").write_text("seed: 0\nswitch: {}\n")
@@ -151,9 +150,10 @@ def test_redraw_refuses_a_folder_it_cannot_place(tmp_path):
     with pytest.raises(UserError, match="matches no script.*patch \\(patch\\)"):
         redraw(tmp_path)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "redraw.py"), str(tmp_path)],
+        [sys.executable, "-m", "scripts.redraw", str(tmp_path)],
         capture_output=True,
         text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -176,7 +176,7 @@ def test_redraw_tells_the_scripts_apart_by_their_configs(script):
     registered ones (the config sections that mark a folder are unique)."""
     import yaml
 
-    registry = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))
+    registry = vars(importlib.import_module("scripts.redraw"))
     config = yaml.safe_load((ROOT / "configs" / f"{script}.yaml").read_text())
     if script in registry["REDRAW"]:
         assert registry["detect"](config, ROOT) == script
@@ -188,12 +188,12 @@ def test_redraw_tells_the_scripts_apart_by_their_configs(script):
 def test_heads_by_role_patch_only_those_heads(tiny_run, tmp_path, monkeypatch):
     """Catches a role resolved outside patch.layers, or patched at every head of a layer: with
     one row head in layer 1, the main patch equals patching that (layer, head) alone."""
-    import model as model_module
+    import analysis as analysis_module
 
-    real = model_module.attention_summary
+    real = analysis_module.attention_summary
     roles = [["row", "other", "other", "other"], ["other", "row", "other", "other"]]
     monkeypatch.setattr(
-        model_module,
+        analysis_module,
         "attention_summary",
         lambda m, b, mean_pattern=False: {**real(m, b), "roles": roles},
     )
@@ -215,19 +215,19 @@ def test_heads_by_role_patch_only_those_heads(tiny_run, tmp_path, monkeypatch):
 def test_a_role_without_heads_in_the_layers_is_an_error(tiny_run, tmp_path, monkeypatch):
     """Catches a role with no heads in patch.layers reported as a patch that changed nothing
     (the 'patched' row equal to the 'corrupted' one), and an output folder written first."""
-    import model as model_module
+    import analysis as analysis_module
 
-    real = model_module.attention_summary
+    real = analysis_module.attention_summary
     roles = [["row", "other", "other", "other"], ["other"] * 4]
     monkeypatch.setattr(
-        model_module,
+        analysis_module,
         "attention_summary",
         lambda m, b, mean_pattern=False: {**real(m, b), "roles": roles},
     )
     cfg = _cfg(tiny_run, tmp_path, "patch.heads=row", "patch.layers=[1]")
     with pytest.raises(UserError, match=r"'patch.heads' = 'row': none in 'patch.layers' \[1\]"):
         patch.main(cfg)
-    assert not utils.resolve_path(cfg.out_dir).exists()
+    assert not resolve_path(cfg.out_dir).exists()
 
 
 def _patched_cells(hooks, layers=2, heads=4, t=6):
@@ -268,13 +268,13 @@ def test_the_main_patch_by_role_patches_each_layers_own_heads():
 def test_heads_named_by_role_are_kept_within_the_chosen_layers(monkeypatch):
     """Catches the role's heads taken from every layer rather than `patch.layers` (here −1, the
     last of 3), or the wrong role: rows (0, 0), (1, 2), (2, 1) and a column head (2, 3)."""
-    import model as model_module
+    import analysis as analysis_module
     from model import MatrixBert
     from modeling_bert import BertConfig
 
     roles = [["row", "other", "other", "other"], ["other", "other", "row", "other"]]
     roles.append(["other", "row", "other", "column"])
-    monkeypatch.setattr(model_module, "attention_summary", lambda m, b: {"roles": roles})
+    monkeypatch.setattr(analysis_module, "attention_summary", lambda m, b: {"roles": roles})
     sizes = {"hidden_size": 8, "intermediate_size": 8, "max_position_embeddings": 16}
     model = MatrixBert(
         BertConfig(vocab_size=10, num_hidden_layers=3, num_attention_heads=4, **sizes)

@@ -6,13 +6,15 @@ import torch
 from conftest import ROOT
 
 import probe
-import utils
 from data import DataConfig, make_batch
+from utils.config import load_config
+from utils.geometry import better_axis
+from utils.plots import close_figure
 
 
 def _cfg(tiny_run, out):
     run, _ = tiny_run
-    return utils.load_config(
+    return load_config(
         probe.Config,
         ROOT / "configs" / "probe.yaml",
         [
@@ -125,7 +127,7 @@ def test_figure_leaves_the_embeddings_out_and_redraws_from_summary(tiny_run, tmp
     for ax in fig.axes:
         for line in ax.get_lines():
             assert list(line.get_xdata()) == [1, 2]
-    utils.close_figure(fig)
+    close_figure(fig)
 
 
 def test_the_axis_verdict_needs_a_margin():
@@ -260,11 +262,11 @@ def test_the_axis_rule_says_neither_below_the_floor_at_the_margin_and_on_a_tie()
     assert probe.line_verdict(_mates([0, 0, -0.5], [0, 0, 0.04]))["better_axis"] == "neither"
     assert probe.line_verdict(_mates([0, 0, 0.6], [0, 0, 0.6]))["better_axis"] == "neither"
     assert probe.line_verdict(_mates([0, 0, 0.06], [0, 0, -0.5]))["better_axis"] == "row"
-    assert utils.better_axis(0.75, 0.5, 0.25, floor=0.25) == "neither"  # exactly the margin
-    assert utils.better_axis(0.25, -1.0, 0.25, floor=0.25) == "neither"  # exactly the floor
-    assert utils.better_axis(0.5, 0.75 + 2**-10, 0.25, floor=0.25) == "column"
-    assert utils.better_axis(0.9, None, margin, floor=margin) == "neither"
-    assert utils.better_axis(None, 0.9, margin, floor=margin) == "neither"
+    assert better_axis(0.75, 0.5, 0.25, floor=0.25) == "neither"  # exactly the margin
+    assert better_axis(0.25, -1.0, 0.25, floor=0.25) == "neither"  # exactly the floor
+    assert better_axis(0.5, 0.75 + 2**-10, 0.25, floor=0.25) == "column"
+    assert better_axis(0.9, None, margin, floor=margin) == "neither"
+    assert better_axis(None, 0.9, margin, floor=margin) == "neither"
 
 
 def test_an_undefined_r2_at_layer_1_gives_no_rise_and_no_axis():

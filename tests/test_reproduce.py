@@ -73,9 +73,10 @@ def test_reproduce_rejects_unknown_options():
 
 def test_collect_results_on_an_empty_folder_is_one_line(tmp_path):
     proc = subprocess.run(
-        ["python3", str(ROOT / "scripts/collect_results.py"), str(tmp_path)],
+        ["python3", "-m", "scripts.collect_results", str(tmp_path)],
         capture_output=True,
         text=True,
+        cwd=ROOT,
     )
     assert (
         proc.returncode != 0 and proc.stderr.strip() == f"error: no summary.json under {tmp_path}"
@@ -103,9 +104,10 @@ def test_results_json_holds_each_stage_summary_under_its_folder(tmp_path):
         (tmp_path / stage / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "train" / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # not a summary
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/collect_results.py"), str(tmp_path)],
+        [sys.executable, "-m", "scripts.collect_results", str(tmp_path)],
         capture_output=True,
         text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "results.json").read_text()) == summaries
@@ -134,7 +136,7 @@ def test_export_run_keeps_the_weights_and_drops_the_rest(tiny_run, tmp_path):
     run, _ = tiny_run
     out = tmp_path / "exported"
     done = subprocess.run(
-        [sys.executable, "scripts/export_run.py", str(run), str(out), "10", "20"],
+        [sys.executable, "-m", "scripts.export_run", str(run), str(out), "10", "20"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -149,7 +151,7 @@ def test_export_run_keeps_the_weights_and_drops_the_rest(tiny_run, tmp_path):
     b, _ = load_checkpoint(out / "step_000020.pt")
     assert torch.equal(a(ids), b(ids))
     again = subprocess.run(
-        [sys.executable, "scripts/export_run.py", str(run), str(out), "10"],
+        [sys.executable, "-m", "scripts.export_run", str(run), str(out), "10"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -189,8 +191,7 @@ def _sharp_drop_run(folder, spike_at_end=True):
 def test_compare_runs_reads_levels_as_medians_and_the_completion_as_lasting(tmp_path):
     """Catches a plateau or final L_mask read from one noisy log (or a mean) instead of a median,
     and a "5× below" step taken at the first single log below rather than where it stays below."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import compare_runs
+    from scripts import compare_runs
 
     row = compare_runs.compare(_sharp_drop_run(tmp_path / "a"), shape=(4, 4))
     assert 4000 < row["drop_step"] < row["drop_end_step"] <= 5500
@@ -219,7 +220,8 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            "scripts/compare_runs.py",
+            "-m",
+            "scripts.compare_runs",
             str(out),
             str(tmp_path / "s0"),
             str(tmp_path / "flat"),
@@ -243,7 +245,7 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
     assert table[3].startswith("| flat |") and "—" in table[3]
     assert (out / "runs.png").stat().st_size > 10_000
     missing = subprocess.run(
-        [sys.executable, "scripts/compare_runs.py", str(out), str(tmp_path / "nothing")],
+        [sys.executable, "-m", "scripts.compare_runs", str(out), str(tmp_path / "nothing")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -253,11 +255,10 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
 
 def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
     """Catches a chance level of the head shares other than what uniform attention scores
-    (model.chance_shares: (n − 1) / mn for a row, (m − 1) / mn for a column; compare_runs used
+    (measures.chance_shares: (n − 1) / mn for a row, (m − 1) / mn for a column; compare_runs used
     (n − 1) / (mn − 1)), and a rise looked for on rows only: on a 4×5 matrix a column share of
     3/20 + 0.051 rises, 3/20 + 0.049 does not, and one of 3/19 + 0.049 = 0.207 does."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import compare_runs
+    from scripts import compare_runs
 
     def run(col: float) -> list[dict]:
         return [
@@ -275,8 +276,7 @@ def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
 def test_compare_runs_collapse_peak_without_progress_before_the_drop():
     """Catches compare_runs failing (max of nothing) when no progress record lies at or before
     the drop, e.g. train.progress switched on in a resume after it."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import compare_runs
+    from scripts import compare_runs
 
     records = [
         {"step": s, "att_row": [[0.2]], "att_col": [[0.2]], "collapse": [0.5, c]}

@@ -9,14 +9,14 @@ import time
 
 from conftest import ROOT, TINY
 
-import utils
+from utils.runs import checkpoints, read_metrics
 
 SWEEP = ROOT / "configs/sweeps/tiny_grid.yaml"
 
 
 def make(tmp_path, *extra: str):
-    cmd = [sys.executable, str(ROOT / "scripts/slurm_sweep.py"), str(SWEEP), str(tmp_path / "job")]
-    done = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "scripts.slurm_sweep", str(SWEEP), str(tmp_path / "job")]
+    done = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return tmp_path / "job"
 
@@ -53,7 +53,7 @@ def test_a_task_at_its_time_limit_saves_requeues_and_resumes(tmp_path):
 
     def logs() -> int:
         runs = list((tmp_path / "runs").glob("*"))
-        return len(utils.read_metrics(runs[0] / "metrics.jsonl")) if runs else 0
+        return len(read_metrics(runs[0] / "metrics.jsonl")) if runs else 0
 
     def task_until(records: int) -> tuple[int, str]:
         """Run the task until the run has logged `records`, then SIGTERM it as SLURM would."""
@@ -69,7 +69,7 @@ def test_a_task_at_its_time_limit_saves_requeues_and_resumes(tmp_path):
     code, out = task_until(3)
     assert code == 0, out[-2000:]
     (run,) = list((tmp_path / "runs").glob("*"))
-    saved = max(utils.checkpoints(run, exported=False))
+    saved = max(checkpoints(run, exported=False))
     assert saved >= 15 and (run / "summary.json").is_file()
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "42_0"]
     code, out = task_until(logs() + 2)  # the requeued task

@@ -6,17 +6,18 @@ import sys
 
 from conftest import ROOT, TINY
 
-import utils
+from utils.runs import checkpoints, read_metrics
 
 VARIANT = " ".join(o for o in TINY if not o.startswith(("train.steps=", "train.save_steps=")))
 
 
 def sweep(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts/sweep.py"), "--out", str(tmp_path), *args],
+        [sys.executable, "-m", "scripts.sweep", "--out", str(tmp_path), *args],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=ROOT,
     )
 
 
@@ -29,7 +30,7 @@ def test_seeds_side_by_side_write_one_row_each_and_the_completion_table(tmp_path
     rows = json.loads((tmp_path / "sweep.json").read_text())
     assert [(r["variant"], r["seed"], r["last_step"]) for r in rows] == [("t", 3, 20), ("t", 4, 20)]
     assert all(r["finished"] for r in rows)
-    losses = [utils.read_metrics(tmp_path / f"t_s{s}" / "metrics.jsonl")[0]["loss"] for s in (3, 4)]
+    losses = [read_metrics(tmp_path / f"t_s{s}" / "metrics.jsonl")[0]["loss"] for s in (3, 4)]
     assert losses[0] != losses[1]  # different seeds, different data
     compare = json.loads((tmp_path / "compare" / "summary.json").read_text())
     assert [r["run"] for r in compare["runs"]] == ["t_s3", "t_s4"] and compare["below"] == 8.0
@@ -45,7 +46,7 @@ def test_a_run_stopped_at_the_time_limit_keeps_its_checkpoint_and_summary(tmp_pa
     (row,) = json.loads((tmp_path / "sweep.json").read_text())
     assert not row["finished"] and row["last_step"] > 0
     run = tmp_path / "long_s0"
-    assert utils.checkpoints(run), list(run.iterdir())
+    assert checkpoints(run), list(run.iterdir())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_step"] == row["last_step"] and (run / "loss.png").is_file()
     assert "SIGTERM at step" in (run / "log.txt").read_text()
@@ -54,8 +55,7 @@ def test_a_run_stopped_at_the_time_limit_keeps_its_checkpoint_and_summary(tmp_pa
 def test_prune_stops_runs_with_no_sudden_drop_past_the_rung(tmp_path):
     """Catches pruning that stops a run before its rung, spares a flat run past it, or stops a
     run whose loss has dropped (the successive-halving rule the CPU-miniature search uses)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import sweep as sweep_script
+    from scripts import sweep as sweep_script
 
     def run(name, losses):
         folder = tmp_path / name

@@ -6,16 +6,18 @@ import torch
 from conftest import ROOT
 
 import switch_models
-import utils
+from analysis import trained_data_config
 from data import MatrixSampler
-from model import evaluate, load_checkpoint, trained_data_config
+from measures import evaluate
+from model import load_checkpoint
+from utils.config import load_config
 
 PARTITION = ["qkv", "attn_output", "ffn", "embeddings", "layernorm", "read_out"]
 
 
 def switch_cfg(run, tmp_path, *overrides: str) -> switch_models.Config:
     """configs/switch_models.yaml on the tiny run's steps 10 (pre) and 20 (post), on the CPU."""
-    return utils.load_config(
+    return load_config(
         switch_models.Config,
         ROOT / "configs" / "switch_models.yaml",
         [

@@ -12,19 +12,26 @@ import yaml
 from conftest import ROOT, tiny_config
 
 import train
-import utils
 from data import MatrixSampler, detokenize
-from model import final_roles, load_checkpoint, role_changes
+from measures import final_roles, role_changes
+from model import load_checkpoint
 from modeling_bert import act_name
-from utils import UserError
+from trainer import TrainConfig, Trainer, TrainSection, fit
+from utils.config import UserError, load_config, overrides_slug, resolve_path
+from utils.device import resolve_precision
+from utils.drop import _flat_stretches, describe_drop, detect_drop
+from utils.plots import close_figure, loss_figure
+from utils.results import save_config
+from utils.runs import checkpoints, prepare_run_dir, read_metrics, save_checkpoint
+from utils.tracking import wandb_mode
 
 
 def test_end_to_end_writes_every_output(tiny_run):
     out_dir, summary = tiny_run
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json"):
         assert (out_dir / name).is_file(), name
-    assert sorted(utils.checkpoints(out_dir)) == [10, 20]
-    records = utils.read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(checkpoints(out_dir)) == [10, 20]
+    records = read_metrics(out_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     keys = {"step", "loss", "loss_obs", "loss_mask", "eval_loss", "mask_value"}
     assert keys <= set(records[0])
@@ -59,8 +66,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     a = torch.load(tmp_path / "a/run/step_000020.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b/run/step_000020.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ra = utils.read_metrics(tmp_path / "a/run/metrics.jsonl")
-    rb = utils.read_metrics(tmp_path / "b/run/metrics.jsonl")
+    ra = read_metrics(tmp_path / "a/run/metrics.jsonl")
+    rb = read_metrics(tmp_path / "b/run/metrics.jsonl")
     assert [r["step"] for r in rb] == [5, 10, 15, 20]
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
     assert [r["eval_loss"] for r in ra] == [r["eval_loss"] for r in rb]
@@ -83,16 +90,16 @@ def test_resume_with_other_model_is_refused(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path)
-    out_dir, resume = utils.prepare_run_dir(cfg)
-    trainer = train.Trainer(cfg)
+    out_dir, resume = prepare_run_dir(cfg)
+    trainer = Trainer(cfg)
 
     def poison(x, hook):
         return x * float("nan") if trainer.step_count >= 12 else x
 
     trainer.model.backbone.hook_points[act_name("embed")].fns.append(poison)
     with pytest.raises(UserError, match="non-finite.*step 10"):
-        train.fit(cfg, trainer, out_dir, resume)
-    assert sorted(utils.checkpoints(out_dir)) == [10]
+        fit(cfg, trainer, out_dir, resume)
+    assert sorted(checkpoints(out_dir)) == [10]
     kept = torch.load(out_dir / "step_000010.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in kept.values())
 
@@ -103,7 +110,7 @@ def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no credentials
     monkeypatch.setenv("WANDB_SILENT", "true")
-    assert utils.wandb_mode("auto") == "offline"
+    assert wandb_mode("auto") == "offline"
     cfg = tiny_config(tmp_path, "train.steps=5", "wandb.log=true")
     train.main(cfg)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
@@ -139,7 +146,7 @@ def test_missing_key_names_key_and_file(tmp_path):
     path = tmp_path / "partial.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(UserError, match=r"partial.yaml: missing key 'train.lr'"):
-        utils.load_config(train.TrainConfig, path)
+        load_config(TrainConfig, path)
 
 
 def test_values_outside_the_vocabulary_are_an_error(tmp_path):
@@ -200,7 +207,7 @@ def _curve(drop_at=None, n=500, every=100, seed=0):
 
 def test_drop_detector_finds_the_drop():
     steps, loss = _curve(drop_at=14_000)
-    drop = utils.detect_drop(steps, loss)
+    drop = detect_drop(steps, loss)
     assert 13_500 <= drop["drop_step"] <= 14_600
     assert drop["drop_end_step"] > drop["drop_step"]
     assert abs(drop["plateau_loss"] - 0.067) < 0.005
@@ -208,21 +215,21 @@ def test_drop_detector_finds_the_drop():
 
 def test_drop_detector_finds_none_on_a_flat_curve():
     steps, loss = _curve(drop_at=None)
-    assert utils.detect_drop(steps, loss)["drop_step"] is None
+    assert detect_drop(steps, loss)["drop_step"] is None
 
 
 def test_drop_detector_on_the_recorded_paper_run():
     """The H100 run of configs/train.yaml (docs/results/h100_paper_run): plateau ≈ 0.067, the
     loss leaves it between steps 11,500 and 12,000 and is below a third of it by 14,200."""
-    records = utils.read_metrics(ROOT / "docs/results/h100_paper_run/metrics.jsonl")
+    records = read_metrics(ROOT / "docs/results/h100_paper_run/metrics.jsonl")
     assert len(records) == 500
     steps, loss = [r["step"] for r in records], [r["loss"] for r in records]
-    drop = utils.detect_drop(steps, loss)
+    drop = detect_drop(steps, loss)
     assert abs(drop["plateau_loss"] - 0.067) < 0.003
     assert 11_500 <= drop["drop_step"] <= 12_000
     assert 13_500 <= drop["drop_end_step"] <= 15_000
     plateau_only = [(s, v) for s, v in zip(steps, loss) if s <= 11_000]
-    assert utils.detect_drop(*zip(*plateau_only))["drop_step"] is None
+    assert detect_drop(*zip(*plateau_only))["drop_step"] is None
 
 
 @pytest.mark.parametrize(
@@ -240,8 +247,8 @@ def test_drop_detector_on_recorded_cpu_demo_runs(run, drop_step):
     or not a run drops, its plateau is p_mask · E[X²] = 0.3 / 9 (not the level of a drop cut short
     by the end of the run)."""
     path = ROOT / "docs/results/tiny_cpu_search" / run / "metrics.jsonl"
-    records = utils.read_metrics(path)
-    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    records = read_metrics(path)
+    drop = detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     assert drop["drop_step"] == drop_step
     assert abs(drop["plateau_loss"] - 0.033) < 0.002
     if drop_step:
@@ -265,8 +272,8 @@ def test_drop_detector_on_the_cpu_demo_seeds(folder, seed, drop_step, drop_end_s
     """configs/train_tiny.yaml as committed, seeds 0-7 (docs/results/cpu_demo): catches a detector
     change that moves the drop steps the README and the demo's page quote."""
     path = ROOT / f"docs/results/cpu_demo/{folder}/s{seed}/metrics.jsonl"
-    records = utils.read_metrics(path)
-    drop = utils.detect_drop([r["step"] for r in records], [r["loss"] for r in records])
+    records = read_metrics(path)
+    drop = detect_drop([r["step"] for r in records], [r["loss"] for r in records])
     assert (drop["drop_step"], drop["drop_end_step"]) == (drop_step, drop_end_step)
     assert 0.032 < drop["plateau_loss"] < 0.036  # p_mask · E[X²] = 0.033
 
@@ -278,7 +285,7 @@ def test_flat_stretches_are_the_longest_from_each_start():
     rng = np.random.default_rng(0)
     for _ in range(200):
         s = np.cumsum(rng.normal(0, 0.1, int(rng.integers(1, 60))))
-        pairs = list(utils.drop._flat_stretches(s, 0.2))
+        pairs = list(_flat_stretches(s, 0.2))
         assert [a for a, _ in pairs] == list(range(len(s)))
         for a, b in pairs:
             assert np.ptp(s[a : b + 1]) <= 0.2
@@ -296,7 +303,7 @@ def test_step_backpropagates_the_mse_over_all_entries(tmp_path):
     """Catches a step that backpropagates L_mask (or L_obs) instead of the MSE over all entries."""
     # fp32: the reference below runs without autocast (train_tiny.yaml trains in bf16)
     cfg = tiny_config(tmp_path, "train.precision=fp32")
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     reference = copy.deepcopy(trainer.model)
     metrics = trainer.step()  # the gradients stay on the parameters after the Adam update
     # the same batch, from a sampler with the trainer's seed
@@ -312,7 +319,7 @@ def test_step_backpropagates_the_mse_over_all_entries(tmp_path):
 def test_training_batches_have_the_configured_rank(tmp_path, monkeypatch):
     """Catches a sampler that ignores `data.rank`: a rank-2 run must train on rank-2 matrices."""
     cfg = tiny_config(tmp_path, "data.rank=2", "train.batch_size=64")
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     drawn = []
     sample = trainer.sampler.sample
 
@@ -352,8 +359,8 @@ def test_resume_with_dropout_equals_uninterrupted(tmp_path):
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"resumed and uninterrupted runs end with other weights: {differ[:2]} ..."
     # a 10-step run may log more often than a 20-step one: compare the steps both logged
-    la = {r["step"]: r["loss"] for r in utils.read_metrics(tmp_path / "a/run/metrics.jsonl")}
-    lb = {r["step"]: r["loss"] for r in utils.read_metrics(tmp_path / "b/run/metrics.jsonl")}
+    la = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "a/run/metrics.jsonl")}
+    lb = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "b/run/metrics.jsonl")}
     both = sorted(la.keys() & lb.keys())
     assert 20 in both and [la[s] for s in both] == [lb[s] for s in both]
 
@@ -374,8 +381,8 @@ def test_progress_measures_change_nothing_in_training(tmp_path):
         _weights(tmp_path / "off/run/step_000020.pt"),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
-    on = utils.read_metrics(tmp_path / "on/run/metrics.jsonl")
-    off = utils.read_metrics(tmp_path / "off/run/metrics.jsonl")
+    on = read_metrics(tmp_path / "on/run/metrics.jsonl")
+    off = read_metrics(tmp_path / "off/run/metrics.jsonl")
     for key in ("loss", "loss_mask", "eval_loss"):
         assert [r[key] for r in on] == [r[key] for r in off]
     assert "att_row" in on[0] and "att_row" not in off[0]
@@ -385,7 +392,7 @@ def test_progress_measures_are_logged_with_their_meaning(tiny_run):
     """Catches shares that are not shares (outside [0, 1], row + column + self > 1), a collapse
     list of the wrong depth, or role counts that disagree with the shares."""
     out_dir, summary = tiny_run
-    records = utils.read_metrics(out_dir / "metrics.jsonl")
+    records = read_metrics(out_dir / "metrics.jsonl")
     for r in records:
         shares = np.array([r["att_row"], r["att_col"], r["att_self"]])  # [3, L, H]
         assert shares.shape == (3, 2, 4) and shares.min() >= 0
@@ -403,7 +410,7 @@ def test_copy_mse_is_zero_for_a_model_that_copies(tmp_path, monkeypatch, prec):
     """Catches the copy test measured against 0.44 itself where the token written encodes it
     rounded to data.prec (0.4 at prec 1: a perfect copier scored 1.6e-3, at prec 0: 0.19)."""
     cfg = tiny_config(tmp_path, f"data.prec={prec}")
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     model, d = trainer.model, cfg.data
     real = model.forward
 
@@ -413,7 +420,7 @@ def test_copy_mse_is_zero_for_a_model_that_copies(tmp_path, monkeypatch, prec):
         return values.flatten(-2)
 
     monkeypatch.setattr(model, "forward", copying)
-    assert trainer.measure_progress()["copy_mse"].item() < 1e-12
+    assert trainer.task.measure_progress()["copy_mse"].item() < 1e-12
 
 
 def test_role_changes_name_the_step_a_head_kept_its_role_from():
@@ -440,8 +447,8 @@ def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
     """Catches the upper-right legend covering L and L_mask, eval_loss not drawn, and the progress
     panels missing from loss.png."""
     out_dir, summary = tiny_run
-    records = utils.read_metrics(out_dir / "metrics.jsonl")
-    fig = utils.loss_figure(records, summary, "tiny", (4, 4), final_roles(records))
+    records = read_metrics(out_dir / "metrics.jsonl")
+    fig = loss_figure(records, summary, "tiny", (4, 4), final_roles(records))
     losses, heads, collapse = fig.axes[:3]
     labels = [line.get_label() for line in losses.get_lines()]
     assert any("eval" in label for label in labels) and any("L_mask" in label for label in labels)
@@ -449,7 +456,7 @@ def test_loss_figure_draws_every_curve_and_keeps_legends_off_the_data(tiny_run):
         legend = ax.get_legend()
         assert legend is not None and legend.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1
     assert len(collapse.get_lines()) == 3  # embeddings and 2 layers
-    utils.close_figure(fig)
+    close_figure(fig)
 
 
 def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
@@ -462,7 +469,7 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
     import time
 
     # the tiny settings in a config file, so that the {overrides} folder name stays short
-    utils.save_config(tiny_config(tmp_path, "train.log_every=5", "train.save_steps=[]"), tmp_path)
+    save_config(tiny_config(tmp_path, "train.log_every=5", "train.save_steps=[]"), tmp_path)
     base = [sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "config.yaml")]
     proc = subprocess.Popen(
         [*base, "--train.steps=100000", f"--train.out_dir={tmp_path}/runs/{{overrides}}"],
@@ -474,7 +481,7 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         logs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
-        if proc.poll() is not None or logs and len(utils.read_metrics(logs[0])) >= 3:
+        if proc.poll() is not None or logs and len(read_metrics(logs[0])) >= 3:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -483,7 +490,7 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(tmp_path):
     (out,) = (tmp_path / "runs").iterdir()
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: SIGINT at step ") and "--train.resume=true" in last
-    step = max(utils.checkpoints(out))
+    step = max(checkpoints(out))
     assert f"step_{step:06d}.pt" in last
     assert (out / "summary.json").is_file() and (out / "loss.png").is_file()
     printed = shlex.split(last.partition("continue with: ")[2])
@@ -511,7 +518,7 @@ def test_resume_after_a_kill_before_any_checkpoint_starts_clean(tmp_path):
     train.main(
         tiny_config(tmp_path, "train.save_steps=[]", "train.save_every=0", "train.resume=true")
     )
-    assert [r["step"] for r in utils.read_metrics(log)] == [5, 10, 15, 20]
+    assert [r["step"] for r in read_metrics(log)] == [5, 10, 15, 20]
 
 
 def test_help_shows_the_values_the_config_sets():
@@ -537,10 +544,10 @@ def test_no_drop_still_reports_the_plateau():
     """Catches summary.json's plateau loss missing after a run that stayed flat."""
     steps = list(range(100, 13_100, 100))
     flat = [0.033 * (1 + 0.05 * ((i % 7) - 3) / 3) for i in range(len(steps))]
-    found = utils.detect_drop(steps, [0.2, 0.1, 0.05, *flat[3:]])
+    found = detect_drop(steps, [0.2, 0.1, 0.05, *flat[3:]])
     assert found["drop_step"] is None and found["plateau_loss"] == pytest.approx(0.033, rel=0.05)
     falling = [0.1 * 0.9**i for i in range(len(steps))]  # never flat over 5 % of the run
-    assert utils.detect_drop(steps, falling)["plateau_loss"] is None
+    assert detect_drop(steps, falling)["plateau_loss"] is None
 
 
 def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
@@ -551,7 +558,7 @@ def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypat
     synced = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real(fd)))
-    utils.save_checkpoint(tmp_path / "step_000001.pt", {"model": {}})
+    save_checkpoint(tmp_path / "step_000001.pt", {"model": {}})
     import stat
 
     assert [stat.S_ISREG(m) for m in synced] == [True, False]  # the file, then its folder
@@ -565,12 +572,12 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_has_it(
     slower on an AVX2 machine), and a summary that records "auto" instead of what ran."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     cfg = tiny_config(tmp_path, "train.precision=auto", "train.steps=5", "train.save_steps=[]")
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     assert trainer.precision == expected
     assert trainer.autocast_dtype == (torch.bfloat16 if native else None)
     assert train.main(cfg)["precision"] == expected
     for explicit in ("fp32", "tf32", "bf16"):  # an explicit choice is never overridden
-        assert utils.resolve_precision(explicit, torch.device("cpu")) == explicit
+        assert resolve_precision(explicit, torch.device("cpu")) == explicit
 
 
 def test_a_partial_drop_is_called_partial_and_the_plateau_is_the_first_stretch():
@@ -581,26 +588,24 @@ def test_a_partial_drop_is_called_partial_and_the_plateau_is_the_first_stretch()
     steps = list(range(50, 12_050, 50))
     wiggle = [1 + 0.03 * ((i % 5) - 2) / 2 for i in range(len(steps))]
     level = [0.033 if s <= 5_500 else max(0.016, 0.033 - (s - 5_500) * 1.7e-5) for s in steps]
-    found = utils.detect_drop(steps, [v * w for v, w in zip(level, wiggle)])
+    found = detect_drop(steps, [v * w for v, w in zip(level, wiggle)])
     assert found["drop_kind"] == "partial" and found["drop_step"] is None
     assert found["plateau_loss"] == pytest.approx(0.033, rel=0.03)
     assert found["fall"] == pytest.approx(0.033 / 0.016, rel=0.05)
     # the loss is within 1.2× of the plateau until 0.033 / 1.2 = 0.0275, at step 5,823
     assert 6_400 <= found["fall_step"] and 5_650 <= found["fall_start_step"] <= 5_850
-    assert "partial" in utils.describe_drop(found)
-    flat = utils.detect_drop(steps, [0.033 * w for w in wiggle])
+    assert "partial" in describe_drop(found)
+    flat = detect_drop(steps, [0.033 * w for w in wiggle])
     assert flat["drop_kind"] == "none" and flat["fall"] < 1.2
     sudden = [0.033 if s <= 5_500 else 0.002 for s in steps]
-    assert utils.detect_drop(steps, [v * w for v, w in zip(sudden, wiggle)])["drop_kind"] == (
-        "sudden"
-    )
+    assert detect_drop(steps, [v * w for v, w in zip(sudden, wiggle)])["drop_kind"] == ("sudden")
 
 
 def test_a_run_resumed_between_logging_steps_keeps_its_clock(tmp_path, monkeypatch):
     """Catches a resumed run whose clock restarts from the last logged record rather than from
     the checkpoint: stopped at step 12 (logs at 10 and 15), the second between 10 and 12 was
     lost, and the minutes to the drop of resumed runs read low."""
-    step = train.Trainer.step
+    step = Trainer.step
 
     def slow_step(self):
         out = step(self)
@@ -610,16 +615,16 @@ def test_a_run_resumed_between_logging_steps_keeps_its_clock(tmp_path, monkeypat
 
     cfg = tiny_config(tmp_path, "train.save_steps=[12]")
     with monkeypatch.context() as m:
-        m.setattr(train.Trainer, "step", slow_step)
+        m.setattr(Trainer, "step", slow_step)
         train.main(cfg)
-    run = utils.resolve_path(cfg.train.out_dir)
+    run = resolve_path(cfg.train.out_dir)
     saved = torch.load(run / "step_000012.pt", weights_only=True)["elapsed_s"]
-    logged = {r["step"]: r["time"] for r in utils.read_metrics(run / "metrics.jsonl")}
+    logged = {r["step"]: r["time"] for r in read_metrics(run / "metrics.jsonl")}
     assert saved >= logged[10] + 1.2
     (run / "step_000020.pt").unlink()
     (run / "summary.json").unlink()
     train.main(tiny_config(tmp_path, "train.save_steps=[12]", "train.resume=true"))
-    resumed = {r["step"]: r["time"] for r in utils.read_metrics(run / "metrics.jsonl")}
+    resumed = {r["step"]: r["time"] for r in read_metrics(run / "metrics.jsonl")}
     assert resumed[10] == logged[10] and resumed[15] >= saved
 
 
@@ -627,15 +632,15 @@ def test_a_long_overrides_folder_name_is_cut_but_stays_unique():
     """Catches a sweep run whose {overrides} folder name exceeds what a file system takes (255
     bytes; seen with a SLURM array's extra overrides), and a cut that makes two runs share one."""
     many = [f"model.hidden_size={32 + i}" for i in range(40)]
-    slug = utils.overrides_slug(many, skip="train.out_dir")
-    assert len(slug) <= 120 and slug == utils.overrides_slug(many, skip="train.out_dir")
-    other = utils.overrides_slug([*many[:-1], "model.hidden_size=999"], skip="train.out_dir")
+    slug = overrides_slug(many, skip="train.out_dir")
+    assert len(slug) <= 120 and slug == overrides_slug(many, skip="train.out_dir")
+    other = overrides_slug([*many[:-1], "model.hidden_size=999"], skip="train.out_dir")
     assert other != slug and other[:100] == slug[:100]
-    assert utils.overrides_slug(["train.seed=1"], skip="x") == "train.seed=1"  # short: unchanged
+    assert overrides_slug(["train.seed=1"], skip="x") == "train.seed=1"  # short: unchanged
 
 
-def _section(**kw) -> train.TrainSection:
-    return train.TrainSection(**{"steps": 100, "lr": 1e-3, **kw})
+def _section(**kw) -> TrainSection:
+    return TrainSection(**{"steps": 100, "lr": 1e-3, **kw})
 
 
 def test_lr_schedules_at_their_ends_and_middles():
@@ -679,7 +684,7 @@ def test_the_trainer_steps_at_the_scheduled_lr_and_logs_it(tmp_path):
     """Catches a schedule computed but never given to Adam (or given one step late), and a
     constant run whose lr the schedule code touches."""
     cfg = tiny_config(tmp_path, "train.lr_schedule=wsd", "train.decay_fraction=0.5")
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(cfg)
     seen = []
     step = trainer.optimizer.step
 
@@ -693,9 +698,9 @@ def test_the_trainer_steps_at_the_scheduled_lr_and_logs_it(tmp_path):
     assert seen == [cfg.train.lr_at(s) for s in range(1, 21)]
     assert seen[9] == cfg.train.lr and seen[-1] == 0.0
     summary = train.main(tiny_config(tmp_path / "b", "train.lr_schedule=cosine"))
-    records = utils.read_metrics(tmp_path / "b/run/metrics.jsonl")
+    records = read_metrics(tmp_path / "b/run/metrics.jsonl")
     assert records[-1]["lr"] == 0.0 and summary["final_step"] == 20
-    const = train.Trainer(tiny_config(tmp_path / "c"))
+    const = Trainer(tiny_config(tmp_path / "c"))
     const.step()
     assert const.optimizer.param_groups[0]["lr"] == const.cfg.train.lr
 
@@ -723,9 +728,9 @@ def test_a_config_saved_before_the_lr_schedule_existed_still_loads(tmp_path):
         del saved["train"][key]
     path = tmp_path / "old.yaml"
     path.write_text(yaml.safe_dump(saved))
-    cfg = utils.load_config(train.TrainConfig, path)
+    cfg = load_config(TrainConfig, path)
     assert (cfg.train.lr_schedule, cfg.train.warmup_steps) == ("constant", 0)
     del saved["train"]["lr"]
     path.write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match="missing key 'train.lr'"):
-        utils.load_config(train.TrainConfig, path)
+        load_config(TrainConfig, path)

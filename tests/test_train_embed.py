@@ -4,12 +4,12 @@ import pytest
 import torch
 from conftest import ROOT
 
-import train
 import train_embed
-import utils
 from model import load_checkpoint
 from train_embed import GROUPS, group_parameter_names
-from utils import UserError
+from trainer import TrainConfig
+from utils.config import UserError, load_config
+from utils.runs import read_metrics
 
 LOOP = [
     "device=cpu",
@@ -24,7 +24,7 @@ LOOP = [
 
 
 def te_config(out_dir, run, *overrides):
-    return utils.load_config(
+    return load_config(
         train_embed.TrainEmbedConfig,
         ROOT / "configs" / "train_embed.yaml",
         [f"ckpt.run={run}", f"out_dir={out_dir}", *LOOP, *overrides],
@@ -75,7 +75,7 @@ def test_one_group_trains_through_train_fit_and_the_rest_stays_bit_identical(tin
         folder = out / group
         for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json", "step_000006.pt"):
             assert (folder / name).is_file(), name
-        assert [r["step"] for r in utils.read_metrics(folder / "metrics.jsonl")] == [3, 6]
+        assert [r["step"] for r in read_metrics(folder / "metrics.jsonl")] == [3, 6]
         after = torch.load(folder / "step_000006.pt", weights_only=True)["model"]
         chosen = set(group_parameter_names(model, group))
         for name, value in before.items():
@@ -84,7 +84,7 @@ def test_one_group_trains_through_train_fit_and_the_rest_stays_bit_identical(tin
         assert s["frozen_unchanged"] is True and s["final_step"] == 6
         assert s["trained_params"] == sum(before[n].numel() for n in chosen)
         assert math.isfinite(s["final_loss"])
-        saved = utils.load_config(train.TrainConfig, folder / "config.yaml")
+        saved = load_config(TrainConfig, folder / "config.yaml")
         assert saved.model == model.config and saved.train.steps == 6
     for name in ("config.yaml", "summary.json", "table.md", "compare.png", "compare.pdf"):
         assert (out / name).is_file(), name
@@ -104,7 +104,7 @@ def test_resume_continues_a_group_run(tiny_run, tmp_path):
     s = train_embed.main(te_config(out, run, "groups=[read_out]", "train.resume=true"))
     assert s["groups"]["read_out"]["final_step"] == 6
     assert s["groups"]["read_out"]["frozen_unchanged"] is True
-    steps = [r["step"] for r in utils.read_metrics(out / "read_out" / "metrics.jsonl")]
+    steps = [r["step"] for r in read_metrics(out / "read_out" / "metrics.jsonl")]
     assert steps == [3, 6]
 
 

@@ -12,10 +12,12 @@ import torch
 from conftest import ROOT
 
 import copy_check
-import cvx_nuc_norm
+import nuclear_norm
 import probe
+from analysis import trained_data_config
 from data import MatrixSampler
-from model import attention_summary, heads_with_role, load_checkpoint, predict, trained_data_config
+from measures import attention_summary, heads_with_role, predict
+from model import load_checkpoint
 
 RUN = ROOT / "checkpoints" / "cpu_demo"
 SUMMARY = json.loads((RUN / "summary.json").read_text())
@@ -56,7 +58,7 @@ def test_on_the_plateau_it_copies_and_after_the_drop_it_completes():
 
 def test_row_and_column_heads_appear_at_the_drop():
     """Fig. 4 by role: no head attends within rows or columns on the plateau; after the drop at
-    least one row head and one column head (model.ROLE_RULE)."""
+    least one row head and one column head (measures.ROLE_RULE)."""
     roles = {}
     for step in (PLATEAU, FINAL):
         model, data = _load(step)
@@ -98,7 +100,7 @@ def test_bert_beats_nuclear_norm_minimisation_at_its_p_mask():
     shape = (-1, batch.m, batch.n)
     target, observed = batch.target.reshape(shape), batch.observed.reshape(shape)
     bert = predict(model, batch.input_ids, 128, "cpu").reshape(shape)
-    nuc, solved = cvx_nuc_norm.complete(target, observed, 0.0, "ipm")
+    nuc, solved = nuclear_norm.complete(target, observed, 0.0, "ipm")
     assert bool(solved.all())
     hidden = ~observed
     bert_mse = (bert - target)[hidden].square().mean()

@@ -1,6 +1,6 @@
+import importlib
 import json
 import math
-import runpy
 
 import numpy as np
 import pytest
@@ -8,16 +8,16 @@ import torch
 from conftest import ROOT
 
 import uniform_ablation
-import utils
 from data import DataConfig, MatrixSampler
-from model import evaluate, load_checkpoint
+from measures import evaluate
+from model import load_checkpoint
 from modeling_bert import ablate_head_hooks
-from utils import UserError
+from utils.config import UserError, load_config, resolve_path
 
 
 def _cfg(tiny_run, tmp_path, *overrides):
     run, _ = tiny_run
-    return utils.load_config(
+    return load_config(
         uniform_ablation.Config,
         ROOT / "configs" / "uniform_ablation.yaml",
         [
@@ -129,7 +129,7 @@ def test_sweep_cell_text_contrasts_with_its_cell(tiny_run, tmp_path):
 def test_redraw_rebuilds_the_sweep_from_summary_json(tiny_run, tmp_path):
     """Bug: the sweep figure could only be redrawn by rerunning the model. scripts/redraw.py
     finds the script from config.yaml and redraws ablation_sweep.png from summary.json alone."""
-    redraw = runpy.run_path(str(ROOT / "scripts" / "redraw.py"))["redraw"]
+    redraw = importlib.import_module("scripts.redraw").redraw
     uniform_ablation.main(_cfg(tiny_run, tmp_path))
     out = tmp_path / "out"
     (out / "ablation_sweep.png").unlink()
@@ -137,15 +137,15 @@ def test_redraw_rebuilds_the_sweep_from_summary_json(tiny_run, tmp_path):
 
 
 def _forced_roles(monkeypatch, roles):
-    """Make model.resolve_heads see `roles` ([layer][head]) whatever the checkpoint does."""
-    import model as model_module
+    """Make analysis.resolve_heads see `roles` ([layer][head]) whatever the checkpoint does."""
+    import analysis as analysis_module
 
-    real = model_module.attention_summary
+    real = analysis_module.attention_summary
 
     def fake(m, batches, mean_pattern=False):
         return {**real(m, batches, mean_pattern), "roles": roles}
 
-    monkeypatch.setattr(model_module, "attention_summary", fake)
+    monkeypatch.setattr(analysis_module, "attention_summary", fake)
 
 
 def test_heads_by_role_come_from_the_checkpoint_with_controls(tiny_run, tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_a_role_with_no_heads_is_an_error_not_a_silent_no_op(tiny_run, tmp_path,
     cfg = _cfg(tiny_run, tmp_path, "ablation.heads=column", "ablation.sweep=false")
     with pytest.raises(UserError, match="'ablation.heads' = 'column': this checkpoint has no such"):
         uniform_ablation.main(cfg)
-    assert not utils.resolve_path(cfg.out_dir).exists()
+    assert not resolve_path(cfg.out_dir).exists()
 
 
 def test_an_unknown_role_is_named(tiny_run, tmp_path):

@@ -11,7 +11,9 @@ import pytest
 from conftest import ROOT, TINY, read_wandb_run, tiny_config
 
 import train
-import utils
+from trainer import TrainConfig
+from utils.config import load_config, split_argv
+from utils.tracking import RUN_ID_FILE
 
 pytest.importorskip("wandb")
 
@@ -85,7 +87,7 @@ def _analysis(script: str, run, out, *extra: str):
         *ckpt,
         *extra,
     ]
-    return module, utils.load_config(schema, ROOT / "configs" / f"{script}.yaml", overrides)
+    return module, load_config(schema, ROOT / "configs" / f"{script}.yaml", overrides)
 
 
 ANALYSES = [
@@ -126,8 +128,7 @@ def test_every_analysis_logs_its_tables_figures_and_summary(script, tiny_run, tm
 
 def sweep_commands(path):
     """The command lines a W&B agent runs for a grid sweep file (scripts/slurm_sweep.py)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import slurm_sweep
+    from scripts import slurm_sweep
 
     return slurm_sweep.grid_commands(path)
 
@@ -142,8 +143,8 @@ def test_sweep_commands_load_and_write_apart(path):
     folders = set()
     for cmd in sweep_commands(path):
         assert cmd[:2] == ["python3", "train.py"], cmd
-        config, overrides = utils.split_argv(cmd[2:], "configs/train.yaml")
-        cfg = utils.load_config(train.TrainConfig, ROOT / config, overrides)
+        config, overrides = split_argv(cmd[2:], "configs/train.yaml")
+        cfg = load_config(TrainConfig, ROOT / config, overrides)
         assert cfg.wandb.log
         folders.add(cfg.train.out_dir)
     assert len(folders) == len(sweep_commands(path))
@@ -176,8 +177,8 @@ def test_a_run_stopped_and_resumed_is_one_wandb_run(tmp_path, offline):
     for part in parts:
         (log,) = part.glob("run-*.wandb")
         ids.add(log.name[len("run-") : -len(".wandb")])
-    assert ids == {(folder / utils.tracking.RUN_ID_FILE).read_text().strip()}
+    assert ids == {(folder / RUN_ID_FILE).read_text().strip()}
     assert read_wandb_run(parts[-1])["run"].display_name == "run"
     fresh = tiny_config(tmp_path / "new", "wandb.log=true", "train.resume=true")
     train.main(fresh)  # no checkpoint to resume from: step 0 and a W&B run of its own
-    assert (tmp_path / "new/run" / utils.tracking.RUN_ID_FILE).read_text() not in ids
+    assert (tmp_path / "new/run" / RUN_ID_FILE).read_text() not in ids

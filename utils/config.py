@@ -295,11 +295,37 @@ def parse_cli(
     return cfg, config
 
 
-def cli(main: Callable[[Any], dict], cls: type, doc: str, default_config: str) -> None:
+Redraw = Callable[[dict, Path], tuple[list[Path], list[str]]]
+
+
+def cli(
+    main: Callable[[Any], dict],
+    cls: type,
+    doc: str,
+    default_config: str,
+    redraw: Redraw | None = None,
+) -> None:
     """Run a script's `main` from the command line; a UserError becomes one line and exit code 2
-    (an interrupted run: 130); data outside the vocabulary names the config file."""
+    (an interrupted run: 130); data outside the vocabulary names the config file.
+
+    A script that passes `redraw` (its `draw_figures(summary, out_dir)`) also takes
+    `--redraw FOLDER`: redraw that folder's figures from its summary.json alone and print, as one
+    JSON line, the files written and the notes on what was not drawn (scripts/redraw.py runs it,
+    so that no module imports a script)."""
     config = None
     try:
+        argv = sys.argv[1:]
+        if redraw is not None and argv[:1] == ["--redraw"]:
+            if len(argv) != 2:
+                raise UserError("--redraw takes one result folder")
+            folder = resolve_path(argv[1])
+            try:
+                summary = json.loads((folder / "summary.json").read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"{folder}/summary.json cannot be read ({e})") from None
+            written, notes = redraw(summary, folder)
+            print(json.dumps({"written": [str(p) for p in written], "notes": notes}))
+            return
         cfg, config = parse_cli(cls, doc, default_config)
         main(cfg)
     except DataRangeError as e:

@@ -104,7 +104,7 @@ def detect_drop(
     return none
 
 
-def describe(drop: dict) -> str:
+def describe_drop(drop: dict) -> str:
     """The drop in a few words, for a printed summary."""
     kind = drop.get("drop_kind")
     if kind == "sudden":

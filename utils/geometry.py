@@ -1,14 +1,14 @@
 """Geometry of embeddings: correlations, symmetry of norms about 0, what two principal components
 separate, t-SNE, the rows and columns of a matrix's positions and how well they group (silhouette),
-with the one row-or-column rule of utils.metrics.better_axis. numpy and scikit-learn only; embed.py
-computes its checks with these."""
+and the one row-or-column rule (`better_axis`) that embed.py applies to silhouettes and probe.py to
+probe R². numpy and scikit-learn only."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from utils.config import UserError
-from utils.metrics import better_axis, finite_or_none
+from utils.floats import finite_or_none
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -86,6 +86,16 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
     if not 2 <= len(set(labels.tolist())) <= len(x) - 1:
         return None
     return float(silhouette_score(x, labels))
+
+
+def better_axis(row: float | None, column: float | None, margin: float, floor: float) -> str:
+    """Which of rows and columns a model's states hold better, by two scores of the same kind
+    (a probe's R², a silhouette): `row` or `column` when its score is above `floor` and above
+    the other's by `margin`, else `neither` (also when either score is missing)."""
+    if row is None or column is None:
+        return "neither"
+    best, top, low = ("row", row, column) if row >= column else ("column", column, row)
+    return best if top > floor and top - low > margin else "neither"
 
 
 AXIS_MARGIN = 0.05  # how much better one grouping's raw silhouette must be to name it

@@ -68,7 +68,7 @@ def loss_figure(
     scale); and, when the records hold the hidden-progress measures (train.progress), each
     head's attention share within its row or column, and representation collapse per layer.
     `shape` (m, n) draws the chance level of the shares; `roles` [layer][head] (the roles the
-    heads end with, model.head_roles) colours the heads."""
+    heads end with, measures.head_roles) colours the heads."""
     plt = pyplot()
     steps = [r["step"] for r in records]
     progress = any("att_row" in r for r in records)
@@ -209,7 +209,7 @@ def plot_attention_grid(
 ) -> Any:
     """The layers × heads grid of mean attention patterns [L, H, T, T] on one colour scale
     (square-root, so weak structure still shows), layers and heads 1-based, each head's role
-    (model.head_roles) in its title and frame colour; a structured mask [m, n] beside it."""
+    (measures.head_roles) in its title and frame colour; a structured mask [m, n] beside it."""
     plt = pyplot()
     from matplotlib.colors import PowerNorm
 

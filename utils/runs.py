@@ -1,91 +1,23 @@
-"""Files that must survive a crash, and the run folders train.py writes: atomic writes,
-checkpoints (written atomically, read as plain data only; also in HuggingFace format), the
-step-stamped checkpoints of a run and its metrics log."""
+"""A training run's folder: its step-stamped checkpoints (written atomically, read as plain data
+only; an exported HF-format step folder reads too), its metrics log, and the check that a new run
+never writes over an old one."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
 import torch
 
 from utils.config import UserError, config_to_dict, resolve_path
+from utils.files import atomic_write, atomic_write_text, make_dir
+from utils.hf import is_hf_folder, read_hf_folder
 
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 HF_RE = re.compile(r"^step_(\d+)$")
-
-
-def make_dir(path: Path, key: str) -> Path:
-    """Create folder `path` (and its parents); a one-line error naming the config `key` when a
-    file is in the way or the folder cannot be made."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"'{key}' {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"'{key}': cannot create {path} ({e.strerror})") from None
-    return path
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside `folder` durable (where the OS allows opening a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """`write(file)` into a temp file beside `path`, fsync, rename, fsync the folder: a crash
-    never leaves a half-written file under `path`, and a written one survives a power cut
-    (train.py removes the temp files a killed save leaves)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,102 +63,6 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     for key, value in model.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"checkpoint {path} has non-finite weights (first: {key})")
-    return ckpt
-
-
-# ----------------------------------------------------------------------------------------------
-# HuggingFace-format model folders: config.json, model.safetensors and a model card, which
-# `transformers.AutoModelForTokenClassification.from_pretrained(folder)` loads as a
-# BertForTokenClassification with one label (its `bert.*` is our backbone, its `classifier` our
-# read-out, the one token type's embedding zero), and which read_checkpoint reads back. The run's
-# data config and step ride along in config.json under `tf_matcomp`. Needs safetensors only.
-
-CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
-TOKEN_TYPES = "bert.embeddings.token_type_embeddings.weight"
-
-
-def is_hf_folder(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / WEIGHTS).is_file()
-
-
-def hf_config(model_config: dict, meta: dict) -> dict:
-    """config.json of a BertForTokenClassification with our encoder's sizes and no dropout."""
-    c = model_config
-    return {
-        "architectures": ["BertForTokenClassification"],
-        "model_type": "bert",
-        "vocab_size": c["vocab_size"],
-        "hidden_size": c["hidden_size"],
-        "num_hidden_layers": c["num_hidden_layers"],
-        "num_attention_heads": c["num_attention_heads"],
-        "intermediate_size": c["intermediate_size"],
-        "hidden_act": c["hidden_act"],
-        "hidden_dropout_prob": c["hidden_dropout_prob"],
-        "attention_probs_dropout_prob": c["attention_probs_dropout_prob"],
-        "classifier_dropout": None,
-        "max_position_embeddings": c["max_position_embeddings"],
-        "type_vocab_size": 1,
-        "initializer_range": c["initializer_range"],
-        "layer_norm_eps": c["layer_norm_eps"],
-        "pad_token_id": c["pad_token_id"],
-        "position_embedding_type": "absolute",
-        "num_labels": 1,
-        "id2label": {"0": "value"},
-        "label2id": {"value": 0},
-        "torch_dtype": "float32",
-        "tf_matcomp": {"model_config": c, **meta},
-    }
-
-
-def write_hf_folder(
-    out: Path, state_dict: dict, model_config: dict, meta: dict, card: str
-) -> list[Path]:
-    """Our state dict (backbone.*, read_out.*) in HF's names, with the config and the card."""
-    from safetensors.torch import save
-
-    tensors = {}
-    for key, value in state_dict.items():
-        name = key.replace("backbone.", "bert.", 1).replace("read_out.", "classifier.", 1)
-        tensors[name] = value.detach().float().cpu().contiguous()
-    tensors[TOKEN_TYPES] = torch.zeros(1, model_config["hidden_size"])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS, lambda f: f.write(save(tensors, metadata={"format": "pt"})))
-    atomic_write_text(out / CONFIG, json.dumps(hf_config(model_config, meta), indent=2) + "\n")
-    atomic_write_text(out / CARD, card)
-    return [out / WEIGHTS, out / CONFIG, out / CARD]
-
-
-def read_hf_folder(path: Path, device: str | torch.device = "cpu") -> dict:
-    """A checkpoint dict as our checkpoints hold it (model in our names, model_config, the
-    run's config with its data section, step) from a folder `write_hf_folder` made; a token-type
-    embedding is folded into the positions (HF adds it at every position: exact)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        meta = json.loads((path / CONFIG).read_text())["tf_matcomp"]
-        tensors = load_file(path / WEIGHTS, device=str(device))
-    except FileNotFoundError as e:
-        raise UserError(
-            f"{path} is not a complete model folder ({Path(e.filename).name})"
-        ) from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}/{CONFIG} is not a tf-matcomp export (no 'tf_matcomp')") from None
-    except SafetensorError as e:
-        raise UserError(f"{path}/{WEIGHTS} is corrupt ({e})") from None
-    token_types = tensors.pop(TOKEN_TYPES, None)
-    model = {}
-    for key, value in tensors.items():
-        if key.endswith("position_ids"):
-            continue
-        model[key.replace("bert.", "backbone.", 1).replace("classifier.", "read_out.", 1)] = value
-    if token_types is not None:
-        positions = "backbone.embeddings.position_embeddings.weight"
-        model[positions] = model[positions] + token_types[0]
-    ckpt = {"model": model, "model_config": meta["model_config"], "step": meta.get("step")}
-    ckpt["config"] = {"data": meta.get("data", {})}
     return ckpt
 
 

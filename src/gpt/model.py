@@ -46,7 +46,8 @@ from torch import nn
 
 from modeling_bert import HookedModule, HookPoint
 from modeling_bert import act_name as bert_act_name
-from utils import UserError, opt, read_checkpoint
+from utils.config import UserError, opt
+from utils.runs import read_checkpoint
 
 ATTENTIONS = ("softmax", "linear")
 

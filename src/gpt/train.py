@@ -1,11 +1,12 @@
 """Train the GPT variant: a small decoder that reads a masked matrix and writes out the full one.
 
-    python3 src/gpt/train.py --config src/configs/gpt.yaml        # the paper's setting (a GPU)
-    python3 src/gpt/train.py --config src/configs/gpt.yaml --model.attention=linear
-    python3 src/gpt/train.py --config src/configs/gpt_cpu.yaml     # a few minutes on one CPU core
+    python3 -m src.gpt.train --config src/configs/gpt.yaml        # the paper's setting (a GPU)
+    python3 -m src.gpt.train --config src/configs/gpt.yaml --model.attention=linear
+    python3 -m src.gpt.train --config src/configs/gpt_cpu.yaml     # a few minutes on one CPU core
 
 Each step draws fresh matrices, turns them into sequences (masked matrix, SEP, full matrix; see
-src/gpt/data.py) and takes one Adam step on the next-token cross-entropy over the whole sequence.
+src/gpt/sequences.py) and takes one Adam step on the next-token cross-entropy over the whole
+sequence.
 Every `log_every` steps it logs, on the training batch, that loss (`loss`) and the loss on the
 completion's observed (`loss_obs`) and hidden (`loss_mask`) entries; and on `num_eval` fresh
 matrices the same loss (`eval_loss`) and the greedy completion's accuracy over all entries
@@ -29,27 +30,29 @@ RNG states, like train.py's; `src.gpt.model.load_gpt` rebuilds the model from on
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the top-level modules: data, utils
-
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import train as bert_train
-import utils
 from data import Batch, DataConfig, MatrixSampler
-from src.gpt.data import build_sequences, context_length, decode, value_id_range, vocab_size
 from src.gpt.model import GPT, GPTConfig, act_name, generate
-from utils import TrainWandbConfig, UserError, opt
+from src.gpt.sequences import build_sequences, context_length, decode, value_id_range, vocab_size
+from task import Task
+from trainer import BATCH_TOO_BIG, MODEL_TOO_BIG, Trainer, TrainSection, fit
+from utils.config import UserError, cli, opt
+from utils.device import allocation_errors, seed_everything
+from utils.drop import detect_drop
+from utils.plots import plot_style, pyplot, save_figure
+from utils.results import fmt, print_rows
+from utils.runs import prepare_run_dir, read_metrics, trim_jsonl
+from utils.tracking import TrainWandbConfig
 
 
 @dataclass
-class GPTTrainSection(bert_train.TrainSection):
+class GPTTrainSection(TrainSection):
     """train.py's options, plus the attention maps."""
 
     attn_map_steps: list[int] = opt([200, 600], "steps at which to draw attention maps (PNG)")
@@ -129,40 +132,41 @@ def copy_scores(patterns: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# The training step: train.py's Trainer with the GPT's model, loss and evaluation
+# The GPT's task: what trainer.fit trains and measures (task.py's extension points)
 
 
-class GPTTrainer(bert_train.Trainer):
-    """train.py's Trainer (Adam, samplers, precision, compile, checkpoint state) for the GPT."""
+class GPTCompletion(Task):
+    """The next-token loss over the whole sequence, the greedy completion's accuracy, each head's
+    copy score as its hidden progress, and the attention maps at `attn_map_steps`."""
 
     bar_keys = {"loss_obs": "loss_obs", "acc_obs": "acc_obs"}
 
-    def __init__(self, cfg: GPTTrainConfig):
-        utils.seed_everything(cfg.train.seed)  # the initialisation, as Trainer seeds before its own
-        super().__init__(cfg, model=GPT(cfg.model))
+    def __init__(self, trainer: Trainer):
+        super().__init__(trainer)
         # Hidden entries were never checked against the vocabulary; the full matrix must be.
-        self.check_values = self.sampler.needs_check(cfg.data.rank)
-        self.value_ids = value_id_range(cfg.data)
-        self.extra_steps = frozenset(cfg.train.attn_map_steps)  # attention maps drawn there
+        self.check_values = trainer.sampler.needs_check(self.cfg.data.rank)
+        self.value_ids = value_id_range(self.cfg.data)
+        self.extra_steps = frozenset(self.cfg.train.attn_map_steps)  # attention maps drawn there
 
-    def _loss(self, input_ids, target, observed) -> dict:
+    def loss(self, input_ids, target, observed) -> dict:
         seq = build_sequences(input_ids, target, self.cfg.data, self.check_values)
-        with self.autocast():
-            logits = self.model(seq[:, :-1])
+        with self.trainer.autocast():
+            logits = self.trainer.model(seq[:, :-1])
         return sequence_losses(logits, seq, observed)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict, tuple]:
         """Eval loss and greedy-completion metrics on `num_eval` fresh matrices (device tensors),
         and one example (decoded completion, target, observed) as [m, n] matrices."""
-        self.model.eval()
-        batch = self.eval_sampler.sample(self.cfg.train.num_eval)
+        model = self.trainer.model
+        model.eval()
+        batch = self.trainer.eval_sampler.sample(self.cfg.train.num_eval)
         t = batch.m * batch.n
         seq = build_sequences(batch.input_ids, batch.target, self.cfg.data, self.check_values)
-        with self.autocast():
-            eval_loss = sequence_losses(self.model(seq[:, :-1]), seq, batch.observed)["loss"]
-            generated = generate(self.model, seq[:, : t + 1], t, self.value_ids)
-        self.model.train()
+        with self.trainer.autocast():
+            eval_loss = sequence_losses(model(seq[:, :-1]), seq, batch.observed)["loss"]
+            generated = generate(model, seq[:, : t + 1], t, self.value_ids)
+        model.train()
         values = decode(generated, batch.m, batch.n, self.cfg.data)
         metrics = {
             "eval_loss": eval_loss,
@@ -175,8 +179,9 @@ class GPTTrainer(bert_train.Trainer):
     # The hooks train.fit calls: the GPT's bar, summary, figures and attention maps.
 
     def summarize(self, records: list[dict], wall_time: float, out_dir: Path) -> dict:
-        attn = utils.read_metrics(out_dir / "attention.jsonl")
-        return summarize(records, attn, wall_time, self.cfg, str(self.device), self.precision)
+        attn = read_metrics(out_dir / "attention.jsonl")
+        device, precision = str(self.trainer.device), self.trainer.precision
+        return summarize(records, attn, wall_time, self.cfg, device, precision)
 
     def plot(self, records: list[dict], out_dir: Path, summary: dict) -> None:
         plot_curves(records, out_dir, summary, title=self.cfg.wandb.name)
@@ -198,7 +203,7 @@ class GPTTrainer(bert_train.Trainer):
             run.log(scores, step=step)
 
     def on_resume(self, step: int, out_dir: Path) -> None:
-        utils.trim_jsonl(out_dir / "attention.jsonl", step)
+        trim_jsonl(out_dir / "attention.jsonl", step)
 
     @torch.no_grad()
     def measure_progress(self) -> dict:
@@ -208,22 +213,20 @@ class GPTTrainer(bert_train.Trainer):
             return {}
         return {"copy_score": copy_scores(*self.attention())}
 
-    def wandb_images(self, step: int) -> dict:
-        return {}  # the GPT draws its maps at attn_map_steps (at_extra_step)
-
     @torch.no_grad()
     def attention(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every head's pattern [B, L, H, 2T, 2T] on `attn_map_examples` matrices that are the
         same at every call (their own seed), and the matrices' `observed` [B, T]."""
         c = self.cfg
-        sampler = MatrixSampler(c.data, self.device, seed=c.train.seed + 2_000_003)
+        sampler = MatrixSampler(c.data, self.trainer.device, seed=c.train.seed + 2_000_003)
         batch = sampler.sample(c.train.attn_map_examples)
         seq = build_sequences(batch.input_ids, batch.target, c.data, self.check_values)
         names = [act_name("pattern", i) for i in range(c.model.n_layer)]
-        self.model.eval()
-        with self.autocast():
-            _, cache = self.model.run_with_cache(seq[:, :-1], names)
-        self.model.train()
+        model = self.trainer.model
+        model.eval()
+        with self.trainer.autocast():
+            _, cache = model.run_with_cache(seq[:, :-1], names)
+        model.train()
         return torch.stack([cache[name].float() for name in names], dim=1), batch.observed
 
 
@@ -235,7 +238,7 @@ def plot_attention(
     pattern: torch.Tensor, copy: torch.Tensor, step: int, out_dir: Path, linear: bool
 ) -> list[Path]:
     """`attn_step_NNNNNN.png`: every head's pattern [L, H, S, S] on one matrix, one colour scale."""
-    plt = utils.pyplot()
+    plt = pyplot()
     n_layer, n_head, s, _ = pattern.shape
     p = pattern.cpu().numpy()
     if linear:  # signed and unnormalised: centre the colours on 0
@@ -243,7 +246,7 @@ def plot_attention(
         scale = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
     else:
         scale = {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}
-    with plt.rc_context({**utils.plot_style(), "axes.grid": False}):
+    with plt.rc_context({**plot_style(), "axes.grid": False}):
         fig, axes = plt.subplots(
             n_layer,
             n_head,
@@ -267,16 +270,16 @@ def plot_attention(
                     ax.set_ylabel("query position")
         fig.colorbar(im, ax=axes, shrink=0.8)
         fig.suptitle(f"step {step}: attention on one matrix (1-based layers/heads; dashed: SEP)")
-        paths = utils.save_figure(fig, out_dir, f"attn_step_{step:06d}")
+        paths = save_figure(fig, out_dir, f"attn_step_{step:06d}")
         plt.close(fig)
     return paths
 
 
 def plot_curves(records: list[dict], out_dir: Path, drop: dict, title: str = "") -> list[Path]:
     """`loss.png`: cross-entropies (log scale) and completion accuracies against step."""
-    plt = utils.pyplot()
+    plt = pyplot()
     steps = [r["step"] for r in records]
-    with plt.rc_context(utils.plot_style()):
+    with plt.rc_context(plot_style()):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         for key, label in (
             ("loss", "whole sequence"),
@@ -293,13 +296,13 @@ def plot_curves(records: list[dict], out_dir: Path, drop: dict, title: str = "")
                 ax.axvline(drop["drop_step"], color="k", ls="--", lw=0.8, label="drop starts")
             ax.legend(loc="best")
         fig.suptitle(title)
-        paths = utils.save_figure(fig, out_dir, "loss")
+        paths = save_figure(fig, out_dir, "loss")
         plt.close(fig)
     return paths
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# The summary
 
 
 def summarize(
@@ -317,7 +320,7 @@ def summarize(
     # flat stretch is the loss at initialisation, not the plateau.
     regular = [r for r in records if r["step"] >= cfg.train.log_every]
     steps = [r["step"] for r in regular]
-    drop = utils.detect_drop(steps, [r["loss_obs"] for r in regular], min_plateau_frac=0.0)
+    drop = detect_drop(steps, [r["loss_obs"] for r in regular], min_plateau_frac=0.0)
     last = records[-1] if records else {}
     timed = [r for r in records if r.get("steps_per_s")]
     finals = ("loss", "loss_obs", "loss_mask", "eval_loss", "acc", "acc_obs", "acc_mask")
@@ -337,19 +340,22 @@ def summarize(
 
 
 def print_summary(summary: dict, out_dir: Path) -> None:
-    def fmt(*keys: str) -> str:
-        return " / ".join(utils.fmt(summary[k], 4) for k in keys)
+    def values(*keys: str) -> str:
+        return " / ".join(fmt(summary[k], 4) for k in keys)
 
-    utils.print_rows(
+    print_rows(
         [
-            ("loss_obs plateau", fmt("plateau_loss")),
-            ("copying drop starts / ends at step", fmt("drop_step", "drop_end_step")),
-            ("final loss (whole sequence)", fmt("final_loss")),
-            ("final loss_obs / loss_mask", fmt("final_loss_obs", "final_loss_mask")),
-            ("final acc / acc_obs / acc_mask", fmt("final_acc", "final_acc_obs", "final_acc_mask")),
-            ("final mse_mask", fmt("final_mse_mask")),
-            ("steps/s (last interval)", fmt("steps_per_s")),
-            ("wall time (s)", fmt("wall_time_s")),
+            ("loss_obs plateau", values("plateau_loss")),
+            ("copying drop starts / ends at step", values("drop_step", "drop_end_step")),
+            ("final loss (whole sequence)", values("final_loss")),
+            ("final loss_obs / loss_mask", values("final_loss_obs", "final_loss_mask")),
+            (
+                "final acc / acc_obs / acc_mask",
+                values("final_acc", "final_acc_obs", "final_acc_mask"),
+            ),
+            ("final mse_mask", values("final_mse_mask")),
+            ("steps/s (last interval)", values("steps_per_s")),
+            ("wall time (s)", values("wall_time_s")),
         ]
     )
     for step, scores in summary["copy_score"].items():
@@ -361,16 +367,17 @@ def print_summary(summary: dict, out_dir: Path) -> None:
 
 
 def main(cfg: GPTTrainConfig) -> dict:
-    out_dir, resume_from = utils.prepare_run_dir(cfg)
-    with utils.allocation_errors(bert_train.MODEL_TOO_BIG):
-        trainer = GPTTrainer(cfg)
+    out_dir, resume_from = prepare_run_dir(cfg)
+    with allocation_errors(MODEL_TOO_BIG):
+        seed_everything(cfg.train.seed)  # the initialisation, as the Trainer seeds before its own
+        trainer = Trainer(cfg, task=GPTCompletion, model=GPT(cfg.model))
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters on {trainer.device}; writing to {out_dir}")
-    with utils.allocation_errors(bert_train.BATCH_TOO_BIG):
-        summary = bert_train.fit(cfg, trainer, out_dir, resume_from)
+    with allocation_errors(BATCH_TOO_BIG):
+        summary = fit(cfg, trainer, out_dir, resume_from)
     print_summary(summary, out_dir)
     return summary
 
 
 if __name__ == "__main__":
-    utils.cli(main, GPTTrainConfig, __doc__, "src/configs/gpt.yaml")
+    cli(main, GPTTrainConfig, __doc__, "src/configs/gpt.yaml")

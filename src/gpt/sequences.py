@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import torch
 
-# The top-level data.py (the repo root is on sys.path), not this module.
 from data import DataConfig, detokenize, tokenize
 from data import vocab_size as value_vocab_size
 

@@ -1,16 +1,11 @@
-"""The process: seeds, the device and its precision, memory errors as one line, Ctrl-C and
-SIGTERM as a request to stop after the current step, a progress bar that leaves no debris."""
+"""Where and how a script computes: seeds, the device and its precision, memory errors as one
+line."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
-import sys
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +17,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU): before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -82,59 +83,3 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
-
-
-class Interrupted(UserError):
-    """Ctrl-C or SIGTERM stopped the run after a checkpoint; the message says how to resume."""
-
-    exit_code = 130
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[dict]:
-    """While inside, SIGINT (Ctrl-C) and SIGTERM set `flag["signal"]` instead of killing the
-    process, so the loop can finish its step and save; a second one stops at once."""
-    flag: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signal handlers can only be set from the main thread
-        return
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, frame):
-        if flag["signal"] is not None:  # asked twice: stop now
-            signal.signal(signum, old[signum])
-            signal.raise_signal(signum)
-            return
-        flag["signal"] = signal.Signals(signum).name
-        # os.write, not print: a handler may interrupt a write to the same stream
-        os.write(
-            2, f"\n{flag['signal']}: finishing this step and saving (again to stop now)\n".encode()
-        )
-
-    for sig in old:
-        signal.signal(sig, handler)
-    try:
-        yield flag
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def clear_on_error(bar: Any) -> Iterator[None]:
-    """Wipe the progress bar when the loop fails, so the error is the one line left."""
-    try:
-        yield
-    except BaseException:
-        bar.leave = False
-        close_bar(bar)
-        raise
-
-
-def close_bar(bar: Any) -> None:
-    """Close the bar; in a log file (not a terminal) end its last line, so that what is
-    printed next starts a line of its own."""
-    shown = bar.n > bar.initial or bar.last_print_n > bar.initial
-    bar.close()
-    if shown and not sys.stderr.isatty():
-        sys.stderr.write("\n")

@@ -1,6 +1,6 @@
 """What a script leaves in its output folder: the resolved config, tables (rows, written as
 Markdown and logged to W&B as tables), summary.json written last, and the short text a person
-reads on the terminal."""
+reads on the terminal (aligned rows, a matrix beside its truth)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from typing import Any
 import yaml
 
 from utils.config import UserError, config_to_dict, resolve_path
-from utils.runs import atomic_write_text, make_dir, write_json
-from utils.sections import source
+from utils.files import atomic_write_text, make_dir, write_json
 from utils.tracking import log_analysis
 
 
@@ -103,3 +102,16 @@ def print_rows(rows: list[tuple[str, Any]]) -> None:
     """`name  value` lines, aligned: the short summary a script prints."""
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v if isinstance(v, str) else fmt(v, 4)}" for k, v in rows))
+
+
+def source(run: str, files: list[str | None]) -> str:
+    """Where a ckpt section's models come from: the files it names, else the run folder."""
+    named = [str(resolve_path(f)) for f in files if f]
+    return ", ".join(named) if named else str(resolve_path(run))
+
+
+def source_name(run: str, files: list[str | None]) -> str:
+    """The name an output folder takes after that source: the run folder's (or, for files, the
+    first file's folder's)."""
+    named = [f for f in files if f]
+    return resolve_path(named[0]).parent.name if named else resolve_path(run).name
