@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from scripts.compare_runs import compare
 from utils.config import REPO_ROOT
 from utils.drop import describe_drop, detect_drop
 from utils.files import write_json
@@ -51,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--prune-at",
         type=float,
         default=None,
-        help="stop a run whose loss has not started to drop suddenly by this fraction of its "
+        help="stop a run whose L_mask is not 2x below its plateau by this fraction of its "
         "train.steps (successive halving's first rung; default: never)",
     )
     p.add_argument(
@@ -85,15 +86,20 @@ def row(name: str, seed: int, run_dir: Path, finished: bool) -> dict:
     }
 
 
-def pruned(run_dir: Path, fraction: float) -> bool:
-    """Past `fraction` of its train.steps with no sudden drop (train.py's detector)."""
+def pruned(run_dir: Path, fraction: float, ratio: float = 2.0) -> bool:
+    """Past `fraction` of its train.steps with L_mask not yet `ratio` times below its plateau
+    (compare_runs' plateau and final L_mask): no drop, or too small a one, to complete. A
+    partial drop that has already halved L_mask is kept (a first version pruned every run
+    without a sudden drop, partial ones too)."""
     records = read_metrics(run_dir / "metrics.jsonl")
     config = run_dir / "config.yaml"
     if not records or not config.is_file():
         return False
     steps = yaml.safe_load(config.read_text())["train"]["steps"]
-    drop = detect_drop([r["step"] for r in records], [r["loss"] for r in records])
-    return records[-1]["step"] >= fraction * steps and drop["drop_kind"] != "sudden"
+    if records[-1]["step"] < fraction * steps:
+        return False
+    row = compare(records)
+    return row["ratio"] is None or row["ratio"] < ratio
 
 
 def completed_for(run_dir: Path) -> int | None:

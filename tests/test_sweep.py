@@ -52,21 +52,27 @@ def test_a_run_stopped_at_the_time_limit_keeps_its_checkpoint_and_summary(tmp_pa
     assert "SIGTERM at step" in (run / "log.txt").read_text()
 
 
-def test_prune_stops_runs_with_no_sudden_drop_past_the_rung(tmp_path):
+def test_prune_stops_runs_whose_l_mask_has_not_halved_past_the_rung(tmp_path):
     """Catches pruning that stops a run before its rung, spares a flat run past it, or stops a
-    run whose loss has dropped (the successive-halving rule the CPU-miniature search uses)."""
+    run whose L_mask has fallen, suddenly or part way (the first version pruned partial drops
+    that went on to fall 6x under the decaying lr of the CPU-miniature search)."""
     from scripts import sweep as sweep_script
 
-    def run(name, losses):
+    def run(name, l_mask):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "config.yaml").write_text("train:\n  steps: 1000\n")
-        lines = [json.dumps({"step": 10 * (i + 1), "loss": v}) for i, v in enumerate(losses)]
+        lines = [
+            json.dumps({"step": 10 * (i + 1), "loss": 0.3 * v, "loss_mask": v, "time": i})
+            for i, v in enumerate(l_mask)
+        ]
         (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
         return folder
 
-    flat = [0.03] * 60
-    dropped = [0.03] * 30 + [0.03 * 0.8**k for k in range(1, 31)]
+    flat = [0.11] * 60
+    dropped = [0.11] * 30 + [0.11 * 0.8**k for k in range(1, 31)]
+    partial = [0.11] * 30 + [0.11 / (1 + k / 10) for k in range(1, 31)]  # 4x below at the end
     assert sweep_script.pruned(run("flat", flat), 0.5)  # 600 of 1000 steps, no drop
     assert not sweep_script.pruned(run("early", flat), 0.7)  # before the rung
     assert not sweep_script.pruned(run("dropped", dropped), 0.5)
+    assert not sweep_script.pruned(run("partial", partial), 0.5)
