@@ -9,31 +9,37 @@ Keys are the folders relative to the output folder (`train`, `copy_check`, `embe
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from utils.config import UserError
+from utils.config import UserError, resolve_path, run_script
 from utils.files import write_json
 
 
 def collect(out: Path) -> dict:
+    if not out.is_dir():
+        raise UserError(f"{out} is not a folder")
     results = {}
     for path in sorted(out.rglob("summary.json")):
         key = path.parent.relative_to(out).as_posix()
-        results[key] = json.loads(path.read_text())
+        try:
+            results[key] = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON") from None
     if not results:
         raise UserError(f"no summary.json under {out}")
     write_json(out / "results.json", results)
     return results
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python3 -m scripts.collect_results OUT_DIR")
-    out = Path(sys.argv[1])
-    try:
-        keys = collect(out)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    print("\n".join(f"  {key}" for key in keys))
+def main(argv: list[str]) -> dict:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise UserError("usage: python3 -m scripts.collect_results OUT_DIR")
+    out = resolve_path(argv[0])
+    results = collect(out)
+    print("\n".join(f"  {key}" for key in results))
     print(f"written to {out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,8 +1,9 @@
 """Compare finished training runs (seeds of one config, say): where each drops and how far.
 
-    python3 -m scripts.compare_runs [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]
+    python3 -m scripts.compare_runs [--below X] [--replace] OUT_DIR RUN_DIR [RUN_DIR ...]
 
-Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created if needed):
+Reads each run's metrics.jsonl and summary.json and writes into OUT_DIR (created if needed; one
+that holds a comparison is refused, unless --replace):
   runs.md       one row per run: plateau, the kind of drop (sudden, partial, none; with its
                 fall, detect_drop), where the drop starts and ends (step and minutes),
                 L_mask on the plateau and at the end, their ratio, when L_mask first stays X×
@@ -23,6 +24,7 @@ made (with --below 5).
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -30,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from measures import chance_shares
-from utils.config import UserError, run_script
+from utils.config import ToolParser, UserError, number, resolve_path, run_script
 from utils.drop import detect_drop
 from utils.files import atomic_write_text, make_dir, write_json
 from utils.plots import close_figure, pyplot, save_figure
@@ -116,8 +118,12 @@ def matrix_shape(run: Path) -> tuple[int, int] | None:
     path = run / "config.yaml"
     if not path.is_file():
         return None
-    data = (yaml.safe_load(path.read_text()) or {}).get("data", {})
-    if data.get("sizes") or "m" not in data or "n" not in data:
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{path} is not valid YAML") from None
+    data = config.get("data", {}) if isinstance(config, dict) else {}
+    if not isinstance(data, dict) or data.get("sizes") or "m" not in data or "n" not in data:
         return None
     return data["m"], data["n"]
 
@@ -144,29 +150,71 @@ def figure(runs: dict[str, list[dict]], rows: dict[str, dict]):
     return fig
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = ToolParser(prog="scripts.compare_runs", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--below",
+        type=number(float, above=1),
+        default=BELOW,
+        help="complete: L_mask this many times under the plateau, and still there at the end",
+    )
+    p.add_argument(
+        "--replace", action="store_true", help="replace the comparison OUT_DIR already holds"
+    )
+    p.add_argument("out", help="output folder")
+    p.add_argument("runs", nargs="+", help="training run folders")
+    return p.parse_args(argv)
+
+
+def read_run(run: Path) -> list[dict]:
+    """A run's records, checked: steps that increase, and L_mask in every record."""
+    path = run / "metrics.jsonl"
+    records = read_metrics(path)
+    if not records:
+        raise UserError(f"{run} has no metrics.jsonl records (not a training run folder)")
+    if any(not isinstance(r, dict) for r in records):
+        raise UserError(f"{path}: a line is not a record (a JSON object)")
+    steps = [r.get("step") for r in records]
+    if any(not isinstance(s, int) for s in steps):
+        raise UserError(f"{path}: a record has no integer 'step'")
+    back = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
+    if back is not None:
+        raise UserError(
+            f"{path}: steps go backwards at line {back + 1} ({steps[back - 1]} then "
+            f"{steps[back]}); a log of two runs? (train.py trims its log on resume)"
+        )
+    missing = [k for k in ("loss", "loss_mask") if any(k not in r for r in records)]
+    if missing:
+        raise UserError(f"{path}: records without {', '.join(missing)} (not a train.py log)")
+    return records
+
+
 def main(argv: list[str]) -> dict:
-    below = BELOW
-    if argv[:1] == ["--below"]:
-        try:
-            below, argv = float(argv[1]), argv[2:]
-        except (IndexError, ValueError):
-            raise UserError("--below needs a number, e.g. --below 8") from None
-    if len(argv) < 2:
-        raise UserError("usage: compare_runs.py [--below X] OUT_DIR RUN_DIR [RUN_DIR ...]")
-    out, run_dirs = Path(argv[0]), [Path(a) for a in argv[1:]]
+    args = parse_args(argv)
+    below, out = args.below, resolve_path(args.out)
+    run_dirs = [resolve_path(a) for a in args.runs]
     runs, rows = {}, {}
     for run in run_dirs:
-        records = read_metrics(run / "metrics.jsonl")
-        if not records:
-            raise UserError(f"{run} has no metrics.jsonl records")
+        records = read_run(run)
         path = run / "summary.json"
-        summary = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            summary = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON") from None
         runs[run.name] = records
         rows[run.name] = {"run": run.name, "path": str(run)}
         wall = summary.get("wall_time_s")
         rows[run.name].update(compare(records, wall, matrix_shape(run), below))
     if len(runs) < len(run_dirs):
         raise UserError("two runs share a folder name; their rows would clash")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT_DIR {out} is a file, not a folder")
+    earlier = [n for n in ("runs.md", "summary.json", "runs.png") if (out / n).exists()]
+    if earlier and not args.replace:
+        raise UserError(
+            f"{out} already holds a comparison ({', '.join(earlier)}); choose another OUT_DIR "
+            "or pass --replace (nothing was overwritten)"
+        )
     make_dir(out, "OUT_DIR")
     done = sum(r["complete"] for r in rows.values())
     verdict = (

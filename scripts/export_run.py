@@ -17,11 +17,13 @@ BertForTokenClassification and every analysis reads with `--ckpt.run=OUT_DIR` (o
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
 from data import DataConfig
-from utils.config import REPO_ROOT, UserError, resolve_path, run_script
+from utils.config import REPO_ROOT, ToolParser, UserError, number, resolve_path, run_script
+from utils.files import make_dir
 from utils.hf import write_hf_folder
 from utils.runs import read_checkpoint, save_checkpoint
 
@@ -83,15 +85,41 @@ config and step are in config.json under `tf_matcomp`.
 """
 
 
+def check_bert(ckpt: dict, path: Path) -> None:
+    """--hf writes a BertForTokenClassification: the checkpoint must be MatrixBert's."""
+    config = ckpt.get("model_config") or {}
+    data = (ckpt.get("config") or {}).get("data")
+    if "hidden_size" not in config or not isinstance(data, dict):
+        raise UserError(
+            f"{path} is not a checkpoint of train.py's BERT (a GPT run, or the authors' format); "
+            "--hf exports the BERT only (export without --hf copies any run)"
+        )
+
+
 def export(run: Path, out: Path, steps: list[int], hf: bool = False) -> list[Path]:
+    """Everything is read and checked first; a failure while writing removes the new OUT_DIR
+    (it did not exist before), so a retry is not refused."""
     if out.exists():
         raise UserError(f"{out} exists; export into a new folder")
+    if not run.is_dir():
+        raise UserError(f"{run} is not a training run folder")
     sources = [run / f"step_{step:06d}.pt" for step in steps]
     checkpoints = [read_checkpoint(path) for path in sources]  # all readable first
+    if hf:
+        for path, ckpt in zip(sources, checkpoints):
+            check_bert(ckpt, path)
     missing = [name for name in RECORD if not (run / name).is_file()]
     if missing:
         raise UserError(f"{run} lacks {', '.join(missing)}: not a finished training run")
-    out.mkdir(parents=True)
+    make_dir(out, "OUT_DIR")
+    try:
+        return write(run, out, sources, checkpoints, hf)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def write(run: Path, out: Path, sources: list[Path], checkpoints: list[dict], hf: bool) -> list:
     for name in RECORD:
         shutil.copy2(run / name, out / name)
     where = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
@@ -112,17 +140,18 @@ def export(run: Path, out: Path, steps: list[int], hf: bool = False) -> list[Pat
     return written
 
 
-def main(args: list[str]) -> None:
-    hf = args[:1] == ["--hf"]
-    args = args[1:] if hf else args
-    if len(args) < 3 or args[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        raise SystemExit(0 if args[:1] in (["-h"], ["--help"]) else 2)
-    try:
-        steps = [int(a) for a in args[2:]]
-    except ValueError:
-        raise UserError("steps must be integers") from None
-    for path in export(resolve_path(args[0]), resolve_path(args[1]), steps, hf):
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = ToolParser(prog="scripts.export_run", description=__doc__.splitlines()[0])
+    p.add_argument("--hf", action="store_true", help="HuggingFace folders instead of .pt files")
+    p.add_argument("run", help="the training run's folder")
+    p.add_argument("out", help="a new folder")
+    p.add_argument("steps", nargs="+", type=number(int, at_least=0), help="checkpoint steps")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    for path in export(resolve_path(args.run), resolve_path(args.out), args.steps, args.hf):
         print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
 
 

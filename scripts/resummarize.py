@@ -28,7 +28,10 @@ def resummarize(run_dir: Path) -> dict:
     if not records:
         raise UserError(f"{run_dir} has no metrics.jsonl records")
     path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON") from None
     summary.update(detect_drop([r["step"] for r in records], [r["loss"] for r in records]))
     drop = summary["drop_step"]
     summary["drop_time_s"] = next((r["time"] for r in records if r["step"] == drop), None)

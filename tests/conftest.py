@@ -75,12 +75,20 @@ def read_wandb_run(folder: Path) -> dict:
     # Once in CI (2026-11-30, a loaded machine) a run's file held no run record when read right
     # after the run finished; suspected: W&B's service process still flushing. Read again for
     # up to 20 s before concluding that the run record is missing.
+    # Under load a record can also be read half-written (a protobuf DecodeError): read again.
+    from google.protobuf.message import DecodeError
+
     deadline = time.time() + 20
-    out = _read_wandb_file(folder)
-    while out["run"] is None and time.time() < deadline:
+    while True:
+        try:
+            out = _read_wandb_file(folder)
+        except DecodeError:
+            if time.time() > deadline:
+                raise
+            out = None
+        if (out is not None and out["run"] is not None) or time.time() > deadline:
+            return out
         time.sleep(0.5)
-        out = _read_wandb_file(folder)
-    return out
 
 
 def _read_wandb_file(folder: Path) -> dict:

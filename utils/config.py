@@ -11,6 +11,7 @@ passes, multi-line errors), pydantic-settings and Hydra each lose a guarantee th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -334,6 +335,43 @@ def cli(
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(getattr(e, "exit_code", 2)) from None
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse for the scripts/ tools: a bad argument raises UserError, which `run_script`
+    prints as one line (exit 2), instead of argparse's usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def number(
+    kind: type = float,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+) -> Callable[[str], Any]:
+    """An argparse `type`: a finite number of `kind` (int or float), > `above`, ≥ `at_least`,
+    < `below` where given; anything else is an error that says which bound it broke."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        for ok, what in (
+            (above is None or value > above, f"above {above}"),
+            (at_least is None or value >= at_least, f"at least {at_least}"),
+            (below is None or value < below, f"below {below}"),
+        ):
+            if not ok:
+                raise argparse.ArgumentTypeError(f"{text} must be {what}")
+        return value
+
+    parse.__name__ = kind.__name__  # what argparse names in its message
+    return parse
 
 
 def run_script(main: Callable[[list[str]], Any]) -> None:

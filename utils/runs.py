@@ -74,12 +74,21 @@ def checkpoints(out_dir: Path, exported: bool = True) -> dict[int, Path]:
     """{step: path} of the step-stamped checkpoints in `out_dir`: step_NNNNNN.pt files and, with
     `exported`, step_NNNNNN/ folders in HF format (scripts/export_run.py --hf), which analyses
     read but a run cannot resume from."""
-    found = {}
-    for p in Path(out_dir).glob("step_*"):
-        if m := CKPT_RE.search(p.name):
-            found[int(m.group(1))] = p
-        elif exported and (m := HF_RE.search(p.name)) and (p / "model.safetensors").is_file():
-            found.setdefault(int(m.group(1)), p)
+    found: dict[int, Path] = {}
+    for p in sorted(Path(out_dir).glob("step_*")):
+        m = CKPT_RE.search(p.name)
+        if not m and exported and (m := HF_RE.search(p.name)):
+            if not (p / "model.safetensors").is_file():
+                continue
+        if not m:
+            continue
+        step = int(m.group(1))
+        if step in found:  # step_N.pt beside an exported step_N/: which one is meant?
+            raise UserError(
+                f"{out_dir} holds both {found[step].name} and {p.name} for step {step}; "
+                "keep one, or name the one you mean with --ckpt.path"
+            )
+        found[step] = p
     return dict(sorted(found.items()))
 
 
@@ -146,6 +155,16 @@ def prepare_run_dir(cfg: Any) -> tuple[Path, dict | None]:
         return out_dir, None
     path = found[max(found)]
     ckpt = read_checkpoint(path)
+    if ckpt.get("step") != max(found):
+        raise UserError(
+            f"cannot resume from {path}: the file says it holds step {ckpt.get('step')}, its name "
+            f"step {max(found)} (renamed or copied?)"
+        )
+    if cfg.train.steps < ckpt["step"]:
+        raise UserError(
+            f"cannot resume from {path}: train.steps = {cfg.train.steps} is below the "
+            f"checkpoint's step {ckpt['step']} (raise train.steps, or start another run)"
+        )
     mine = config_to_dict(cfg)
     for section in ("data", "model"):
         theirs = ckpt.get("config", {}).get(section, {})
