@@ -4,6 +4,7 @@ draw (loss curves with the hidden progress, the layers × heads attention grid).
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,12 @@ def save_figure(fig: Any, out_dir: Path, stem: str, pdf: bool = False) -> list[P
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only), imported when a figure is drawn."""
+    """matplotlib.pyplot, imported when a figure is drawn: on the Agg backend (files only) unless
+    a backend was chosen already (a notebook's inline one is kept, so its figures still show)."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # not yet chosen (a notebook has chosen inline)
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
