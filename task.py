@@ -118,11 +118,27 @@ class MatrixCompletion(Task):
         batch = self.trainer.eval_sampler.sample(self.cfg.train.num_eval)
         with self.trainer.autocast():
             pred = model(batch.input_ids).float()
-        model.train()
         loss = masked_mse(pred, batch.target, batch.observed)["loss"]
         shape = (batch.m, batch.n)
         example = (pred[0].view(shape), batch.target[0].view(shape), batch.observed[0].view(shape))
-        return {"eval_loss": loss}, example
+        per_size = self.per_size()
+        model.train()
+        return {"eval_loss": loss, **per_size}, example
+
+    @torch.no_grad()
+    def per_size(self) -> dict:
+        """With a mixture of sizes (data.sizes), L_mask on `num_eval` fresh matrices of each size,
+        as `eval_loss_mask_SxS` (each training batch holds one size: its own L_mask says little
+        about the others); {} otherwise. Called in eval mode, after the main eval batch."""
+        out = {}
+        for size in self.cfg.data.sizes:
+            batch = self.trainer.eval_sampler.sample(self.cfg.train.num_eval, m=size, n=size)
+            with self.trainer.autocast():
+                pred = self.trainer.model(batch.input_ids).float()
+            out[f"eval_loss_mask_{size}x{size}"] = masked_mse(pred, batch.target, batch.observed)[
+                "loss_mask"
+            ]
+        return out
 
     @torch.no_grad()
     def measure_progress(self) -> dict:

@@ -734,3 +734,16 @@ def test_a_config_saved_before_the_lr_schedule_existed_still_loads(tmp_path):
     path.write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match="missing key 'train.lr'"):
         load_config(TrainConfig, path)
+
+
+def test_a_mixture_of_sizes_logs_l_mask_of_each_size(tmp_path):
+    """The size-mixture claim (5×5, 7×7, 9×9 learnt in order) is read off L_mask per size:
+    catches a mixture run that logs only the drawn batch's L_mask (one size per step), and a
+    per-size eval that changes the eval loss of runs without a mixture."""
+    train.main(tiny_config(tmp_path / "mix", "data.sizes=[3, 4]", "data.rank=1"))
+    records = read_metrics(tmp_path / "mix/run/metrics.jsonl")
+    for key in ("eval_loss_mask_3x3", "eval_loss_mask_4x4"):
+        assert all(math.isfinite(r[key]) for r in records), key
+    train.main(tiny_config(tmp_path / "plain"))
+    plain = read_metrics(tmp_path / "plain/run/metrics.jsonl")
+    assert not any(k.startswith("eval_loss_mask_") for k in plain[0])

@@ -1,0 +1,277 @@
+"""Every training claim of the paper in miniature, over seeds, on a CPU: one command runs the lot.
+
+    python3 -m scripts.claims run OUT [--base configs/train_mini.yaml] [--seeds 0 1 2]
+    python3 -m scripts.claims run OUT --only width depth        # some claims
+    python3 -m scripts.claims report OUT                        # the tables, figures, verdicts
+
+`run` trains, for each seed, the miniature (`--base`) and its counterpart of each claim
+(docs/RESULTS.md): width ¼, ½ and 2× (FFN 4× width), depth 2, 6 and 8 layers, N(0, 1) factors
+(vocabulary ±30: with ±10 an entry leaves it about once in 100,000), a 3×3 / 4×4 / 5×5 rank-1
+mixture, larger matrices (6×6 and 7×7, rank 1 and 2), then on each seed's trained miniature
+train_embed.py (Fig. 8: token embeddings, positions, attention, MLPs, one at a time), probe.py
+(Fig. 6) and ood.py (Fig. 19). Every run has the base config's steps: runs are capped in steps,
+so a busy machine changes the clock only. It prints its estimate first (the base config timed
+here for a few steps, each run scaled by its FLOPs), then runs `--parallel` processes at a time
+(default 2) with one torch thread each. It resumes: a job whose summary.json exists is skipped,
+a training run continues from its last checkpoint (train.save_every), so a stop costs at most
+that many steps. OUT/<claim>/<variant>_s<seed>/ holds each run.
+
+`report` reads what ran and writes OUT/<claim>/{runs.md, summary.json, <claim>.png}: every
+seed's curve, each variant's k/N (sudden drops, completion), drop step and final L_mask as
+median and range, and one verdict line per claim from those numbers (rules in claims_report.py);
+OUT/claims.md lists the verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from trainer import TrainConfig, Trainer
+from utils.config import (
+    REPO_ROOT,
+    ToolParser,
+    UserError,
+    config_to_dict,
+    load_config,
+    number,
+    resolve_path,
+    run_script,
+)
+from utils.files import make_dir
+
+CLAIMS = ("width", "depth", "gaussian", "mixture", "larger", "components", "probe", "ood")
+GROUPS = ["token_embeddings", "position_embeddings", "attention", "mlp"]
+WIDE_VOCABULARY = ["data.min_vocab=-30.0", "data.max_vocab=30.0"]  # N(0, 1) factors' tails
+
+
+@dataclass
+class Job:
+    claim: str
+    name: str  # the run's folder name under OUT/<claim>/
+    cmd: list[str]
+    out: Path  # its folder; done when out/summary.json exists
+    needs: Path | None = None  # a folder whose summary.json must exist first
+    flops: float = 1.0  # relative to one base run (the estimate)
+
+    @property
+    def done(self) -> bool:
+        return (self.out / "summary.json").is_file()
+
+
+def training_variants(base: TrainConfig) -> dict[str, dict[str, list[str]]]:
+    """{claim: {variant: overrides of the base config}}; the base itself is claim 'base'."""
+    w, layers = base.model.hidden_size, base.model.num_hidden_layers
+    heads = base.model.num_attention_heads
+
+    def width(d: int) -> list[str]:
+        return [f"model.hidden_size={d}", f"model.intermediate_size={4 * d}"]
+
+    widths = {f"w{d}": width(d) for d in (w // 4, w // 2, 2 * w) if d % heads == 0 and d >= heads}
+    depths = {f"L{n}": [f"model.num_hidden_layers={n}"] for n in (2, 6, 8) if n != layers}
+    larger = {
+        f"{s}x{s}r{r}": [f"data.m={s}", f"data.n={s}", f"data.rank={r}"]
+        for s in (6, 7)
+        for r in (1, 2)
+    }
+    return {
+        "base": {"base": []},
+        "width": widths,
+        "depth": depths,
+        "gaussian": {
+            "gaussian": [
+                "data.distribution=gaussian",
+                "data.min_vocab=-30.0",
+                "data.max_vocab=30.0",
+            ]
+        },
+        "mixture": {"mix345": ["data.rank=1", "data.sizes=[3, 4, 5]"]},
+        "larger": larger,
+    }
+
+
+def relative_flops(base: TrainConfig, overrides: list[str], config: Path) -> float:
+    """A variant's work per step over the base's: 6 × non-embedding parameters × tokens."""
+
+    def work(cfg: TrainConfig) -> float:
+        d, f, n = cfg.model.hidden_size, cfg.model.intermediate_size, cfg.model.num_hidden_layers
+        tokens = cfg.data.max_tokens if not cfg.data.sizes else cfg.data.m * cfg.data.n
+        return n * (4 * d * d + 2 * d * f) * tokens * cfg.train.batch_size
+
+    return work(load_config(TrainConfig, config, overrides)) / work(base)
+
+
+def plan(args: argparse.Namespace, base: TrainConfig, config: Path, out: Path) -> list[Job]:
+    """Every job, in the order they may start (each seed's base run before what needs it)."""
+    py, jobs = sys.executable, []
+    common = ["train.resume=true", f"train.save_every={args.save_every}", "train.device=cpu"]
+    common += [f"{k}" for k in args.set]
+    chosen = set(args.only or CLAIMS)
+    variants = training_variants(base)
+    for seed in args.seeds:
+        for claim, named in variants.items():
+            if claim != "base" and claim not in chosen:
+                continue
+            for name, overrides in named.items():
+                run = out / claim / f"{name}_s{seed}"
+                settings = [*common, *overrides, f"train.seed={seed}", f"train.out_dir={run}"]
+                try:
+                    load_config(TrainConfig, config, settings)
+                except UserError as e:
+                    raise UserError(f"claim {claim}, variant {name}: {e}") from None
+                cmd = [py, str(REPO_ROOT / "train.py"), "--config", str(config)]
+                flops = relative_flops(base, overrides, config)
+                jobs.append(
+                    Job(claim, run.name, cmd + [f"--{s}" for s in settings], run, None, flops)
+                )
+        trained = out / "base" / f"base_s{seed}"
+        t = config_to_dict(base)["train"]
+        loop = {k: v for k, v in t.items() if k not in ("seed", "device", "out_dir", "resume")}
+        loop.update(resume=True, save_every=args.save_every)
+        if "components" in chosen:
+            folder = out / "components" / f"s{seed}"
+            cmd = [py, str(REPO_ROOT / "train_embed.py"), "--config"]
+            cmd += [str(REPO_ROOT / "configs/train_embed.yaml"), f"--ckpt.run={trained}"]
+            cmd += [f"--out_dir={folder}", f"--seed={seed}", "--device=cpu"]
+            cmd += [f"--groups={json_list(GROUPS)}", "--wandb.log=false"]
+            cmd += [f"--train.{k}={yaml_value(v)}" for k, v in loop.items()]
+            jobs.append(Job("components", f"s{seed}", cmd, folder, trained, len(GROUPS)))
+        for script, claim, extra in (
+            ("probe", "probe", ["--probe.targets=[element,row,column]"]),
+            ("ood", "ood", ["--data.num_samples=256", "--data.batch_size=256"]),
+        ):
+            if claim in chosen:
+                folder = out / claim / f"s{seed}"
+                cmd = [py, str(REPO_ROOT / f"{script}.py"), "--config"]
+                cmd += [str(REPO_ROOT / f"configs/{script}.yaml"), f"--ckpt.run={trained}"]
+                cmd += ["--ckpt.step=null", f"--out_dir={folder}", "--device=cpu", *extra]
+                jobs.append(Job(claim, f"s{seed}", cmd, folder, trained, 0.05))
+    return jobs
+
+
+def json_list(items: list[str]) -> str:
+    return "[" + ",".join(items) + "]"
+
+
+def yaml_value(value) -> str:
+    """A config value as a --key=value override reads it back (YAML, one line)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def base_speed(config: Path, overrides: list[str], steps: int = 20) -> float:
+    """Steps per second of the base config here, one torch thread, after a warm-up (the
+    estimate's unit)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config(TrainConfig, config, [*overrides, "train.device=cpu"])
+        trainer = Trainer(cfg)
+        for _ in range(5):
+            trainer.step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        return steps / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> list[Job]:
+    config = resolve_path(args.base)
+    if not config.is_file():
+        raise UserError(f"--base {args.base}: no such config file")
+    base = load_config(TrainConfig, config, list(args.set))
+    out = make_dir(resolve_path(args.out), "OUT")
+    jobs = plan(args, base, config, out)
+    todo = [j for j in jobs if not j.done]
+    speed = base_speed(config, list(args.set))
+    hours = sum(j.flops for j in todo) * base.train.steps / speed / 3600 / args.parallel
+    print(
+        f"{len(todo)} of {len(jobs)} jobs to run ({len(jobs) - len(todo)} done); the base config "
+        f"runs {speed:.1f} steps/s on one thread here, so about {hours:.1f} h with "
+        f"{args.parallel} side by side (progress: OUT/<claim>/<run>/log.txt)",
+        flush=True,
+    )
+    if args.dry_run:
+        return todo
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    pending, running, failed = list(todo), [], []
+    while pending or running:
+        ready = [j for j in pending if j.needs is None or (j.needs / "summary.json").is_file()]
+        blocked = [j for j in pending if j.needs is not None and j.needs in failed]
+        for job in blocked:
+            pending.remove(job)
+        while ready and len(running) < args.parallel:
+            job = ready.pop(0)
+            pending.remove(job)
+            job.out.mkdir(parents=True, exist_ok=True)
+            log = open(job.out / "log.txt", "a")  # noqa: SIM115  closed when the job ends
+            proc = subprocess.Popen(
+                job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+            )
+            running.append((job, proc, log))
+            print(f"started {job.claim}/{job.name}", flush=True)
+        if not running and pending:
+            raise UserError(f"{len(pending)} jobs wait on runs that failed: {failed}")
+        time.sleep(2)
+        for entry in list(running):
+            job, proc, log = entry
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(entry)
+            status = "done" if proc.returncode == 0 else f"failed ({proc.returncode})"
+            print(f"{status}: {job.claim}/{job.name}", flush=True)
+            if proc.returncode != 0:
+                failed.append(job.out)
+    if failed:
+        raise UserError(f"{len(failed)} jobs failed; see log.txt in {', '.join(map(str, failed))}")
+    return todo
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = ToolParser(prog="scripts.claims", description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=("run", "report"))
+    p.add_argument("out", help="output folder (one subfolder per claim)")
+    p.add_argument("--base", default="configs/train_mini.yaml", help="the miniature's config")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
+    p.add_argument("--only", nargs="+", choices=CLAIMS, default=None, help="some claims only")
+    p.add_argument("--set", nargs="+", default=[], help="KEY=VALUE overrides of every run")
+    p.add_argument(
+        "--parallel", type=number(int, at_least=1), default=2, help="jobs at once (one thread each)"
+    )
+    p.add_argument(
+        "--save-every",
+        type=number(int, at_least=1),
+        default=2000,
+        help="checkpoint every this many steps (what a hard stop can lose)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the estimate and stop")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]):
+    args = parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds repeats a seed ({' '.join(map(str, args.seeds))})")
+    bad = [s for s in args.set if "=" not in s]
+    if bad:
+        raise UserError(f"--set {bad[0]!r}: expected KEY=VALUE")
+    if args.command == "run":
+        return run(args)
+    from scripts.claims_report import report
+
+    return report(resolve_path(args.out), args.seeds)
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,69 @@
+"""scripts/claims.py: every claim's runs in miniature over seeds, in one command that resumes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT, TINY
+
+from scripts import claims
+
+TOY = [o for o in TINY if not o.startswith(("train.steps=", "train.save_steps="))]
+TOY += ["train.steps=12", "train.save_steps=[]"]
+
+
+def _claims(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.claims", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def test_every_claim_plans_runs_that_train_py_takes(tmp_path):
+    """Catches a claim whose variant train.py would refuse (a key, a size the width's heads do
+    not divide) found only hours into a run: planning loads every run's config. And the claims'
+    counterparts: ¼, ½, 2× width, 2, 6, 8 layers, the ±30 vocabulary of N(0, 1) factors."""
+    args = claims.parse_args(["run", str(tmp_path), "--base", "configs/train_tiny.yaml"])
+    base = claims.load_config(claims.TrainConfig, ROOT / "configs/train_tiny.yaml")
+    jobs = claims.plan(args, base, ROOT / "configs/train_tiny.yaml", tmp_path)
+    names = {(j.claim, j.name) for j in jobs}
+    for claim, name in [
+        ("width", "w32_s0"),
+        ("width", "w64_s0"),
+        ("width", "w256_s0"),
+        ("depth", "L2_s0"),
+        ("depth", "L8_s2"),
+        ("gaussian", "gaussian_s1"),
+        ("mixture", "mix345_s0"),
+        ("larger", "7x7r2_s2"),
+        ("components", "s1"),
+        ("probe", "s2"),
+        ("ood", "s0"),
+    ]:
+        assert (claim, name) in names, (claim, name)
+    gaussian = next(j for j in jobs if j.claim == "gaussian")
+    assert "--data.max_vocab=30.0" in gaussian.cmd
+    assert next(j for j in jobs if j.name == "w256_s0").flops > 3  # 2× width: ≈ 4× the work
+
+
+def test_the_claims_run_resumes_and_reports_k_of_n(tmp_path):
+    """One command, two seeds, a few steps: catches a probe started before its seed's run
+    finished, a second call that trains again instead of skipping what is done, and a report
+    that does not count seeds."""
+    out = tmp_path / "claims"
+    args = ["--base", "configs/train_tiny.yaml", "--seeds", "0", "1", "--only", "probe"]
+    args += ["--set", *TOY]
+    first = _claims("run", str(out), *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.startswith("4 of 4 jobs to run")
+    assert (out / "probe" / "s1" / "summary.json").is_file()
+    again = _claims("run", str(out), *args)
+    assert again.returncode == 0 and again.stdout.startswith("0 of 4 jobs to run"), again.stdout
+    report = _claims("report", str(out), "--seeds", "0", "1")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "/2 seeds" in (out / "probe" / "runs.md").read_text()
+    assert "probe" in (out / "claims.md").read_text()
