@@ -12,7 +12,7 @@ import json
 import statistics
 from pathlib import Path
 
-from scripts.compare_runs import compare
+from outcomes import compare
 from utils.drop import detect_drop
 from utils.files import atomic_write_text, write_json
 from utils.plots import close_figure, plot_style, pyplot, save_figure

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from scripts.compare_runs import compare
+from outcomes import compare
 from trainer import TrainConfig
 from utils.config import (
     REPO_ROOT,

@@ -13,7 +13,7 @@ COMMANDS = re.findall(r"^\| [^|]+ \| `python3 ([^`]+)` \|$", README, flags=re.M)
 
 # The top-level modules that are not scripts (the shared ones, tests/test_layout.py's SHARED).
 MODULES = ["data", "modeling_bert", "model", "measures", "analysis", "nuclear_norm", "task"]
-MODULES += ["trainer"]
+MODULES += ["outcomes", "trainer"]
 
 
 def _script(command: str) -> tuple[str, list[str]]:

@@ -191,9 +191,9 @@ def _sharp_drop_run(folder, spike_at_end=True):
 def test_compare_runs_reads_levels_as_medians_and_the_completion_as_lasting(tmp_path):
     """Catches a plateau or final L_mask read from one noisy log (or a mean) instead of a median,
     and a "5× below" step taken at the first single log below rather than where it stays below."""
-    from scripts import compare_runs
+    import outcomes
 
-    row = compare_runs.compare(_sharp_drop_run(tmp_path / "a"), shape=(4, 4))
+    row = outcomes.compare(_sharp_drop_run(tmp_path / "a"), shape=(4, 4))
     assert 4000 < row["drop_step"] < row["drop_end_step"] <= 5500
     assert row["plateau_loss_mask"] == 0.1  # the 0.5 spike at 3,000 is outvoted
     assert row["final_loss_mask"] == 0.01  # and so is the 1.0 at the last log
@@ -258,7 +258,7 @@ def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
     (measures.chance_shares: (n − 1) / mn for a row, (m − 1) / mn for a column; compare_runs used
     (n − 1) / (mn − 1)), and a rise looked for on rows only: on a 4×5 matrix a column share of
     3/20 + 0.051 rises, 3/20 + 0.049 does not, and one of 3/19 + 0.049 = 0.207 does."""
-    from scripts import compare_runs
+    import outcomes
 
     def run(col: float) -> list[dict]:
         return [
@@ -267,7 +267,7 @@ def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
             for s in range(0, 1001, 100)
         ]  # fmt: skip
 
-    rise = compare_runs.hidden_progress
+    rise = outcomes.hidden_progress
     assert rise(run(3 / 20 + 0.051), (4, 5), None)["head_rise_step"] == 500
     assert rise(run(3 / 20 + 0.049), (4, 5), None)["head_rise_step"] is None
     assert rise(run(3 / 19 + 0.049), (4, 5), None)["head_rise_step"] == 500
@@ -276,10 +276,10 @@ def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
 def test_compare_runs_collapse_peak_without_progress_before_the_drop():
     """Catches compare_runs failing (max of nothing) when no progress record lies at or before
     the drop, e.g. train.progress switched on in a resume after it."""
-    from scripts import compare_runs
+    import outcomes
 
     records = [
         {"step": s, "att_row": [[0.2]], "att_col": [[0.2]], "collapse": [0.5, c]}
         for s, c in ((6000, 0.7), (7000, 0.9), (8000, 0.6))
     ]
-    assert compare_runs.hidden_progress(records, (4, 4), 5000)["collapse_peak_step"] == 7000
+    assert outcomes.hidden_progress(records, (4, 4), 5000)["collapse_peak_step"] == 7000

@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT, TINY
 
 from model import load_checkpoint
-from scripts.compare_runs import compare
+from outcomes import compare
 from utils.config import UserError
 from utils.runs import checkpoints, read_checkpoint
 
