@@ -1,7 +1,7 @@
 """The tables, figures and verdicts of `python3 -m scripts.claims report OUT` (see claims.py).
 
 Each claim's verdict counts seeds (k/N, N the seeds whose runs are there) by a rule written next
-to it, from numbers compare_runs.compare reads off each run: the drop (train.py's detector on
+to it, from numbers outcomes.compare reads off each run: the drop (train.py's detector on
 the total loss: `sudden` or not), L_mask on the plateau and at the end (medians), completion
 (L_mask 8× below its plateau and still there at the end). A claim whose runs are missing says so.
 """
@@ -12,14 +12,13 @@ import json
 import statistics
 from pathlib import Path
 
-from outcomes import compare
+from outcomes import BELOW, compare  # BELOW: completion, 8x (the CPU-miniature issue)
 from utils.drop import detect_drop
 from utils.files import atomic_write_text, write_json
 from utils.plots import close_figure, plot_style, pyplot, save_figure
 from utils.results import fmt, markdown_table
 from utils.runs import read_metrics
 
-BELOW = 8.0  # completion, as compare_runs and the CPU-miniature issue define it
 SAME = 0.25  # "changes little": drop steps within 25 % of each other
 CLOSE = 2.0  # OOD: "close to the nuclear norm" = BERT's hidden-entry MSE within 2× of it
 RISE = 0.05  # probe: a mates R² that rises by more than this from the first to the last layer
