@@ -9,7 +9,7 @@
 # init 0.10, fp32, Adam 1e-3, log_every 50. wsd = constant lr, then linear to 0 over the last 30 %.
 set -euo pipefail
 CODE=${CODE:?a worktree of the commit below}
-OUT=${OUT:-docs/results/cpu_miniature/search/round1}
+OUT=${OUT:-$PWD/docs/results/cpu_miniature/search/round1}  # run from the repo root
 C="model.hidden_size=64 model.intermediate_size=256 model.initializer_range=0.1 train.precision=fp32"
 W="train.lr_schedule=wsd train.decay_fraction=0.3"
 # train.resume=true: the sweep was restarted once (its first rung pruned partial drops too, see
