@@ -74,7 +74,7 @@ def main(argv: list[str]) -> dict:
     below, out = args.below, resolve_path(args.out)
     run_dirs = [resolve_path(a) for a in args.runs]
     runs, rows = {}, {}
-    for run in run_dirs:
+    for typed, run in zip(args.runs, run_dirs):
         records = read_run(run)
         path = run / "summary.json"
         try:
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> dict:
         except json.JSONDecodeError:
             raise UserError(f"{path} is not valid JSON") from None
         runs[run.name] = records
-        rows[run.name] = {"run": run.name, "path": str(run)}
+        rows[run.name] = {"run": run.name, "path": typed}  # as typed: no machine's folders
         wall = summary.get("wall_time_s")
         rows[run.name].update(compare(records, wall, matrix_shape(run), below))
     if len(runs) < len(run_dirs):

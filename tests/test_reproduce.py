@@ -253,6 +253,20 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr
 
 
+def test_compare_runs_records_each_run_as_typed(tmp_path, monkeypatch):
+    """Catches a summary.json that names the machine's folders (the absolute path a relative run
+    argument resolves to), which then lands in committed results (CI refused one)."""
+    import utils.config
+    from scripts import compare_runs
+
+    monkeypatch.setattr(utils.config, "REPO_ROOT", tmp_path)  # relative paths anchor here
+    (tmp_path / "runs").mkdir()
+    _sharp_drop_run(tmp_path / "runs" / "s0")
+    compare_runs.main(["out", "runs/s0"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["path"] for r in summary["runs"]] == ["runs/s0"]
+
+
 def test_compare_runs_chance_is_uniform_attention_for_rows_and_columns():
     """Catches a chance level of the head shares other than what uniform attention scores
     (measures.chance_shares: (n − 1) / mn for a row, (m − 1) / mn for a column; compare_runs used
