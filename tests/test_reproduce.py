@@ -255,7 +255,7 @@ def test_compare_runs_writes_the_table_figure_and_summary(tmp_path):
 
 def test_compare_runs_records_each_run_as_typed(tmp_path, monkeypatch):
     """Catches a summary.json that names the machine's folders (the absolute path a relative run
-    argument resolves to), which then lands in committed results (CI refused one)."""
+    argument resolves to), which then lands in committed results (.ci/run refused one)."""
     import utils.config
     from scripts import compare_runs
 
