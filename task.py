@@ -133,11 +133,8 @@ class MatrixCompletion(Task):
         out = {}
         for size in self.cfg.data.sizes:
             batch = self.trainer.eval_sampler.sample(self.cfg.train.num_eval, m=size, n=size)
-            with self.trainer.autocast():
-                pred = self.trainer.model(batch.input_ids).float()
-            out[f"eval_loss_mask_{size}x{size}"] = masked_mse(pred, batch.target, batch.observed)[
-                "loss_mask"
-            ]
+            loss = self.loss(batch.input_ids, batch.target, batch.observed)
+            out[f"eval_loss_mask_{size}x{size}"] = loss["loss_mask"]
         return out
 
     @torch.no_grad()

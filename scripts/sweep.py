@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from outcomes import compare
+from outcomes import BELOW, compare
 from trainer import TrainConfig
 from utils.config import (
     REPO_ROOT,
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--below",
         type=number(float, above=1),
-        default=8.0,
+        default=BELOW,
         help="compare_runs: L_mask this far under = complete",
     )
     p.add_argument(
@@ -279,6 +279,8 @@ def main(argv: list[str]) -> list[dict]:
     (out / "sweep.md").write_text(table)
     print(table)
     logged = [j.run_dir for j in jobs if read_metrics(j.run_dir / "metrics.jsonl")]
+    # inside the repo, named from its root: compare's summary.json names no machine's folders
+    logged = [p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p for p in logged]
     if logged:
         tool = [sys.executable, "-m", "scripts.compare_runs", "--below", str(args.below)]
         tool += ["--replace"] if args.resume else []  # a resumed sweep remakes its own table
