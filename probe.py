@@ -53,6 +53,10 @@ from utils.results import Document, Table, fmt, prepare_output, render, write_re
 
 TARGETS = ("element", "row", "column", "singular_vector")
 LINES = {"row": "row", "column": "column"}  # targets whose own entry the mates R² leaves out
+# Singular values below this fraction of the largest count as zero in the least-squares fit:
+# with gelsy's default (eps × rows) an exactly rank-deficient design (a bias beside one-hot
+# columns, LayerNorm outputs) was solved differently from one call to the next.
+RCOND = 1e-10
 
 
 @dataclass
@@ -128,7 +132,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, bias: bool = True, ridge: float 
     """
     if ridge == 0:
         a = with_bias(x.double().cpu(), bias)
-        return torch.linalg.lstsq(a, y.double().cpu(), driver="gelsy").solution
+        return torch.linalg.lstsq(a, y.double().cpu(), rcond=RCOND, driver="gelsy").solution
     from sklearn.linear_model import Ridge
 
     y = y.double().cpu()
