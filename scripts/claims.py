@@ -1,7 +1,8 @@
 """Every training claim of the paper in miniature, over seeds, on a CPU: one command runs the lot.
 
     python3 -m scripts.claims run OUT [--base configs/train_mini.yaml] [--seeds 0 1 2]
-    python3 -m scripts.claims run OUT --only width depth        # some claims
+    python3 -m scripts.claims run OUT --only width depth        # some claims, in this order
+    python3 -m scripts.claims run OUT --only depth --variants L6  # some variants of them
     python3 -m scripts.claims report OUT                        # the tables, figures, verdicts
 
 `run` trains, for each seed, the miniature (`--base`) and its counterpart of each claim
@@ -9,12 +10,14 @@
 (vocabulary ±30: with ±10 an entry leaves it about once in 100,000), a 3×3 / 4×4 / 5×5 rank-1
 mixture, larger matrices (6×6 and 7×7, rank 1 and 2), then on each seed's trained miniature
 train_embed.py (Fig. 8: token embeddings, positions, attention, MLPs, one at a time), probe.py
-(Fig. 6) and ood.py (Fig. 19). Every run has the base config's steps: runs are capped in steps,
-so a busy machine changes the clock only. It prints its estimate first (the base config timed
-here for a few steps, each run scaled by its FLOPs), then runs `--parallel` processes at a time
-(default 2) with one torch thread each. It resumes: a job whose summary.json exists is skipped,
-a training run continues from its last checkpoint (train.save_every), so a stop costs at most
-that many steps. OUT/<claim>/<variant>_s<seed>/ holds each run.
+(Fig. 6) and ood.py (Fig. 19). Every run has the base config's steps (a component's run
+--components-steps where given): runs are capped in steps, so a busy machine changes the clock
+only. Every seed's base run goes first, then each claim over all seeds. It prints its estimate
+first (the base config timed here for a few steps, each run scaled by its FLOPs), then runs
+`--parallel` processes at a time (default 2) with one torch thread each. It resumes: a job
+whose summary.json exists is skipped, a training run continues from its last checkpoint
+(train.save_every), so a stop costs at most that many steps. OUT/<claim>/<variant>_s<seed>/
+holds each run.
 
 `report` reads what ran and writes OUT/<claim>/{runs.md, summary.json, <claim>.png}: every
 seed's curve, each variant's k/N (sudden drops, completion), drop step and final L_mask as
@@ -109,50 +112,67 @@ def relative_flops(base: TrainConfig, overrides: list[str], config: Path) -> flo
 
 
 def plan(args: argparse.Namespace, base: TrainConfig, config: Path, out: Path) -> list[Job]:
-    """Every job, in the order they may start (each seed's base run before what needs it)."""
-    py, jobs = sys.executable, []
+    """Every job, in the order they start: every seed's base run first, then each claim over
+    all seeds (in --only's order), so that a run cut short leaves whole claims behind it."""
+    py = sys.executable
     common = ["train.resume=true", f"train.save_every={args.save_every}", "train.device=cpu"]
     common += [f"{k}" for k in args.set]
-    chosen = set(args.only or CLAIMS)
     variants = training_variants(base)
-    for seed in args.seeds:
-        for claim, named in variants.items():
-            if claim != "base" and claim not in chosen:
+    known = {name for named in variants.values() for name in named}
+    unknown = sorted(set(args.variants or []) - known)
+    if unknown:
+        names = " ".join(sorted(known))
+        raise UserError(f"--variants {unknown[0]}: no such variant (known: {names})")
+    keep = set(args.variants or known) | {"base"}
+
+    def training(claim: str, seed: int) -> list[Job]:
+        jobs = []
+        for name, overrides in variants.get(claim, {}).items():
+            if name not in keep:
                 continue
-            for name, overrides in named.items():
-                run = out / claim / f"{name}_s{seed}"
-                settings = [*common, *overrides, f"train.seed={seed}", f"train.out_dir={run}"]
-                try:
-                    load_config(TrainConfig, config, settings)
-                except UserError as e:
-                    raise UserError(f"claim {claim}, variant {name}: {e}") from None
-                cmd = [py, str(REPO_ROOT / "train.py"), "--config", str(config)]
-                flops = relative_flops(base, overrides, config)
-                jobs.append(
-                    Job(claim, run.name, cmd + [f"--{s}" for s in settings], run, None, flops)
-                )
+            run = out / claim / f"{name}_s{seed}"
+            settings = [*common, *overrides, f"train.seed={seed}", f"train.out_dir={run}"]
+            try:
+                load_config(TrainConfig, config, settings)
+            except UserError as e:
+                raise UserError(f"claim {claim}, variant {name}: {e}") from None
+            cmd = [py, str(REPO_ROOT / "train.py"), "--config", str(config)]
+            flops = relative_flops(base, overrides, config)
+            jobs.append(Job(claim, run.name, cmd + [f"--{s}" for s in settings], run, None, flops))
+        return jobs
+
+    t = config_to_dict(base)["train"]
+    loop = {k: v for k, v in t.items() if k not in ("seed", "device", "out_dir", "resume")}
+    loop.update(resume=True, save_every=args.save_every)
+    if args.components_steps is not None:
+        loop["steps"] = args.components_steps
+
+    def analysis(claim: str, seed: int) -> list[Job]:
         trained = out / "base" / f"base_s{seed}"
-        t = config_to_dict(base)["train"]
-        loop = {k: v for k, v in t.items() if k not in ("seed", "device", "out_dir", "resume")}
-        loop.update(resume=True, save_every=args.save_every)
-        if "components" in chosen:
-            folder = out / "components" / f"s{seed}"
+        folder = out / claim / f"s{seed}"
+        if claim == "components":
             cmd = [py, str(REPO_ROOT / "train_embed.py"), "--config"]
             cmd += [str(REPO_ROOT / "configs/train_embed.yaml"), f"--ckpt.run={trained}"]
             cmd += [f"--out_dir={folder}", f"--seed={seed}", "--device=cpu"]
             cmd += [f"--groups={json_list(GROUPS)}", "--wandb.log=false"]
             cmd += [f"--train.{k}={yaml_value(v)}" for k, v in loop.items()]
-            jobs.append(Job("components", f"s{seed}", cmd, folder, trained, len(GROUPS)))
-        for script, claim, extra in (
-            ("probe", "probe", ["--probe.targets=[element,row,column]"]),
-            ("ood", "ood", ["--data.num_samples=256", "--data.batch_size=256"]),
-        ):
-            if claim in chosen:
-                folder = out / claim / f"s{seed}"
-                cmd = [py, str(REPO_ROOT / f"{script}.py"), "--config"]
-                cmd += [str(REPO_ROOT / f"configs/{script}.yaml"), f"--ckpt.run={trained}"]
-                cmd += ["--ckpt.step=null", f"--out_dir={folder}", "--device=cpu", *extra]
-                jobs.append(Job(claim, f"s{seed}", cmd, folder, trained, 0.05))
+            work = len(GROUPS) * loop["steps"] / base.train.steps
+            return [Job(claim, f"s{seed}", cmd, folder, trained, work)]
+        extra = {
+            "probe": ["--probe.targets=[element,row,column]"],
+            "ood": ["--data.num_samples=256", "--data.batch_size=256"],
+        }.get(claim)
+        if extra is None:
+            return []
+        cmd = [py, str(REPO_ROOT / f"{claim}.py"), "--config"]
+        cmd += [str(REPO_ROOT / f"configs/{claim}.yaml"), f"--ckpt.run={trained}"]
+        cmd += ["--ckpt.step=null", f"--out_dir={folder}", "--device=cpu", *extra]
+        return [Job(claim, f"s{seed}", cmd, folder, trained, 0.05)]
+
+    jobs = [job for seed in args.seeds for job in training("base", seed)]
+    for claim in args.only or CLAIMS:
+        for seed in args.seeds:
+            jobs += training(claim, seed) + analysis(claim, seed)
     return jobs
 
 
@@ -244,7 +264,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("out", help="output folder (one subfolder per claim)")
     p.add_argument("--base", default="configs/train_mini.yaml", help="the miniature's config")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
-    p.add_argument("--only", nargs="+", choices=CLAIMS, default=None, help="some claims only")
+    p.add_argument(
+        "--only", nargs="+", choices=CLAIMS, default=None, help="some claims only, in this order"
+    )
+    p.add_argument(
+        "--variants", nargs="+", default=None, help="some training variants only (e.g. w16 L6)"
+    )
+    p.add_argument(
+        "--components-steps",
+        type=number(int, at_least=1),
+        default=None,
+        help="steps of each component's run (Fig. 8; default: the base config's steps)",
+    )
     p.add_argument("--set", nargs="+", default=[], help="KEY=VALUE overrides of every run")
     p.add_argument(
         "--parallel", type=number(int, at_least=1), default=2, help="jobs at once (one thread each)"
