@@ -67,3 +67,41 @@ def test_the_claims_run_resumes_and_reports_k_of_n(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     assert "/2 seeds" in (out / "probe" / "runs.md").read_text()
     assert "probe" in (out / "claims.md").read_text()
+
+
+def test_bases_start_first_then_whole_claims_in_the_order_asked(tmp_path):
+    """Catches a plan that goes seed by seed (a run cut short then leaves every claim with one
+    seed fewer instead of whole claims), a --variants filter that drops the base runs every
+    analysis needs, and --components-steps that is not what train_embed.py is told."""
+    args = claims.parse_args(
+        ["run", str(tmp_path), "--base", "configs/train_tiny.yaml", "--seeds", "0", "1"]
+        + ["--only", "depth", "components", "width", "--variants", "L6", "w32"]
+        + ["--components-steps", "77"]
+    )
+    base = claims.load_config(claims.TrainConfig, ROOT / "configs/train_tiny.yaml")
+    jobs = claims.plan(args, base, ROOT / "configs/train_tiny.yaml", tmp_path)
+    assert [(j.claim, j.name) for j in jobs] == [
+        ("base", "base_s0"),
+        ("base", "base_s1"),
+        ("depth", "L6_s0"),
+        ("depth", "L6_s1"),
+        ("components", "s0"),
+        ("components", "s1"),
+        ("width", "w32_s0"),
+        ("width", "w32_s1"),
+    ]
+    component = next(j for j in jobs if j.claim == "components")
+    assert "--train.steps=77" in component.cmd
+    assert component.flops == len(claims.GROUPS) * 77 / base.train.steps
+
+
+def test_an_unknown_variant_is_one_line_and_starts_nothing(tmp_path):
+    """Catches a misspelt variant that silently plans nothing for its claim (hours later the
+    claim's row is empty): the error names it and the variants there are."""
+    out = tmp_path / "claims"
+    result = _claims("run", str(out), "--base", "configs/train_tiny.yaml", "--variants", "L7")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--variants L7: no such variant" in lines[0], lines
+    assert "L6" in lines[0]
+    assert not any(out.rglob("*.json"))
