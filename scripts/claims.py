@@ -45,6 +45,7 @@ from utils.config import (
     config_to_dict,
     load_config,
     number,
+    repo_relative,
     resolve_path,
     run_script,
 )
@@ -131,12 +132,13 @@ def plan(args: argparse.Namespace, base: TrainConfig, config: Path, out: Path) -
             if name not in keep:
                 continue
             run = out / claim / f"{name}_s{seed}"
-            settings = [*common, *overrides, f"train.seed={seed}", f"train.out_dir={run}"]
+            folder = repo_relative(run)
+            settings = [*common, *overrides, f"train.seed={seed}", f"train.out_dir={folder}"]
             try:
                 load_config(TrainConfig, config, settings)
             except UserError as e:
                 raise UserError(f"claim {claim}, variant {name}: {e}") from None
-            cmd = [py, str(REPO_ROOT / "train.py"), "--config", str(config)]
+            cmd = [py, "train.py", "--config", str(repo_relative(config))]
             flops = relative_flops(base, overrides, config)
             jobs.append(Job(claim, run.name, cmd + [f"--{s}" for s in settings], run, None, flops))
         return jobs
@@ -148,12 +150,11 @@ def plan(args: argparse.Namespace, base: TrainConfig, config: Path, out: Path) -
         loop["steps"] = args.components_steps
 
     def analysis(claim: str, seed: int) -> list[Job]:
-        trained = out / "base" / f"base_s{seed}"
-        folder = out / claim / f"s{seed}"
+        trained, folder = out / "base" / f"base_s{seed}", out / claim / f"s{seed}"
+        paths = [f"--ckpt.run={repo_relative(trained)}", f"--out_dir={repo_relative(folder)}"]
         if claim == "components":
-            cmd = [py, str(REPO_ROOT / "train_embed.py"), "--config"]
-            cmd += [str(REPO_ROOT / "configs/train_embed.yaml"), f"--ckpt.run={trained}"]
-            cmd += [f"--out_dir={folder}", f"--seed={seed}", "--device=cpu"]
+            cmd = [py, "train_embed.py", "--config", "configs/train_embed.yaml", *paths]
+            cmd += [f"--seed={seed}", "--device=cpu"]
             cmd += [f"--groups={json_list(GROUPS)}", "--wandb.log=false"]
             cmd += [f"--train.{k}={yaml_value(v)}" for k, v in loop.items()]
             work = len(GROUPS) * loop["steps"] / base.train.steps
@@ -164,9 +165,8 @@ def plan(args: argparse.Namespace, base: TrainConfig, config: Path, out: Path) -
         }.get(claim)
         if extra is None:
             return []
-        cmd = [py, str(REPO_ROOT / f"{claim}.py"), "--config"]
-        cmd += [str(REPO_ROOT / f"configs/{claim}.yaml"), f"--ckpt.run={trained}"]
-        cmd += ["--ckpt.step=null", f"--out_dir={folder}", "--device=cpu", *extra]
+        cmd = [py, f"{claim}.py", "--config", f"configs/{claim}.yaml", *paths]
+        cmd += ["--ckpt.step=null", "--device=cpu", *extra]
         return [Job(claim, f"s{seed}", cmd, folder, trained, 0.05)]
 
     jobs = [job for seed in args.seeds for job in training("base", seed)]

@@ -105,3 +105,17 @@ def test_an_unknown_variant_is_one_line_and_starts_nothing(tmp_path):
     assert len(lines) == 1 and "--variants L7: no such variant" in lines[0], lines
     assert "L6" in lines[0]
     assert not any(out.rglob("*.json"))
+
+
+def test_runs_inside_the_repo_are_named_relative_to_it():
+    """Catches commands that hand train.py this machine's absolute folders: they land in every
+    run's config.yaml, and results committed from docs/results/miniature then name /work/..."""
+    out = ROOT / "docs" / "results" / "never_written"
+    args = claims.parse_args(["run", str(out), "--base", "configs/train_tiny.yaml", "--seeds", "0"])
+    base = claims.load_config(claims.TrainConfig, ROOT / "configs/train_tiny.yaml")
+    jobs = claims.plan(args, base, ROOT / "configs/train_tiny.yaml", out)
+    named = [arg for job in jobs for arg in job.cmd[1:] if str(ROOT) in arg]
+    assert not named, named[:3]
+    probe = next(j for j in jobs if j.claim == "probe")
+    assert "--ckpt.run=docs/results/never_written/base/base_s0" in probe.cmd
+    assert not out.exists()

@@ -387,3 +387,10 @@ def resolve_path(path: str | Path) -> Path:
     """Relative paths in configs are anchored at the repo root, so no script depends on the cwd."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def repo_relative(path: str | Path) -> Path:
+    """`resolve_path`'s inverse: a path inside the repo relative to its root (what a config or a
+    log written there should hold, so results name no machine's folders), any other as it is."""
+    path = resolve_path(path)
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
