@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
+
 from outcomes import BELOW, compare  # BELOW: completion, 8x (the CPU-miniature issue)
 from utils.drop import detect_drop
 from utils.files import atomic_write_text, write_json
@@ -106,6 +108,13 @@ def _variants(out: Path, claim: str) -> list[str]:
     return sorted(names, key=lambda n: (len(n), n))
 
 
+def _base_layers(out: Path) -> int | str:
+    """The base runs' layer count, from the first one's config.yaml ('?' where none is there)."""
+    for config in sorted((out / "base").glob("base_s*/config.yaml")):
+        return yaml.safe_load(config.read_text())["model"]["num_hidden_layers"]
+    return "?"
+
+
 def _paired(rows: dict, a: str, b: str) -> list[int]:
     return sorted(set(rows.get(a, {})) & set(rows.get(b, {})))
 
@@ -136,11 +145,13 @@ def width(out: Path, seeds: list[int]) -> dict:
 
 
 def depth(out: Path, seeds: list[int]) -> dict:
-    """Paper: 6 layers drop earlier than 4; 8 and 12 change little. Miniature: L6's drop before
-    the base's (same seed; a base without a drop counts as later); L8's drop within SAME of L6's."""
+    """Paper: 6 layers drop earlier than 4; 8 and 12 change little. Miniature (its base has
+    fewer layers, 3): L6's drop before the base's (same seed; a run without a drop counts as
+    later); L2's after it; L8's drop within SAME of L6's."""
     rows, table = _training_claim(out, "depth", _variants(out, "depth"), seeds)
     if "L6" not in rows or not rows["L6"]:
         return {"table": table, "verdict": "not run"}
+    layers = _base_layers(out)
 
     def step(v, s):
         return rows[v][s]["drop_step"] if rows[v][s]["drop_kind"] == "sudden" else None
@@ -152,7 +163,16 @@ def depth(out: Path, seeds: list[int]) -> dict:
         if step("L6", s) is not None
         and (step("base", s) is None or step("L6", s) < step("base", s))
     ]
-    verdict = f"6 layers drop before 4 on {len(earlier)}/{len(pairs)} seeds"
+    verdict = f"6 layers drop before the base's {layers} on {len(earlier)}/{len(pairs)} seeds"
+    if rows.get("L2"):
+        shallow = _paired(rows, "L2", "base")
+        later = [
+            s
+            for s in shallow
+            if step("base", s) is not None
+            and (step("L2", s) is None or step("L2", s) > step("base", s))
+        ]
+        verdict += f"; 2 layers drop after the base's on {len(later)}/{len(shallow)}"
     if rows.get("L8"):
         both = [s for s in _paired(rows, "L8", "L6") if step("L8", s) and step("L6", s)]
         little = [s for s in both if abs(step("L8", s) - step("L6", s)) <= SAME * step("L6", s)]

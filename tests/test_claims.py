@@ -119,3 +119,39 @@ def test_runs_inside_the_repo_are_named_relative_to_it():
     probe = next(j for j in jobs if j.claim == "probe")
     assert "--ckpt.run=docs/results/never_written/base/base_s0" in probe.cmd
     assert not out.exists()
+
+
+def _fake_run(folder, drop_at, seed=0, layers=None):
+    """A run folder whose metrics.jsonl plateaus at 0.067 and, with drop_at, falls 13× there."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, 331) * 50
+    loss = 0.067 * np.exp(rng.normal(0, 0.05, steps.size))
+    if drop_at is not None:
+        fall = 1 / (1 + np.exp(-(steps - drop_at - 300) / 100))
+        loss = loss * (1 - fall) + fall * 0.005 * np.exp(rng.normal(0, 0.05, steps.size))
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.jsonl", "w") as f:
+        for s, v in zip(steps.tolist(), loss.tolist()):
+            f.write(json.dumps({"step": s, "loss": v, "loss_mask": 1.6 * v, "time": s / 20}) + "\n")
+    if layers is not None:
+        (folder / "config.yaml").write_text(f"model:\n  num_hidden_layers: {layers}\n")
+
+
+def test_the_depth_verdict_counts_seeds_by_the_direction_of_each_drop(tmp_path):
+    """Catches a verdict that compares the wrong way (deeper later counted as earlier), one that
+    counts a run without a drop as having dropped first, or names a layer count the base does
+    not have (the paper's "before 4" printed over a 3-layer base)."""
+    from scripts.claims_report import depth
+
+    drops = [(6_000, 4_000, 9_000), (6_000, 4_500, None), (6_000, None, 5_000)]  # base, L6, L2
+    for seed, (base, l6, l2) in enumerate(drops):
+        _fake_run(tmp_path / "base" / f"base_s{seed}", base, seed, layers=3)
+        _fake_run(tmp_path / "depth" / f"L6_s{seed}", l6, seed)
+        _fake_run(tmp_path / "depth" / f"L2_s{seed}", l2, seed)
+    verdict = depth(tmp_path, [0, 1, 2])["verdict"]
+    assert verdict.startswith("6 layers drop before the base's 3 on 2/3 seeds"), verdict
+    assert "2 layers drop after the base's on 2/3" in verdict, verdict
