@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 from conftest import ROOT, TINY
 
 from scripts import claims
+from utils.runs import read_metrics
 
 TOY = [o for o in TINY if not o.startswith(("train.steps=", "train.save_steps="))]
 TOY += ["train.steps=12", "train.save_steps=[]"]
@@ -155,3 +157,22 @@ def test_the_depth_verdict_counts_seeds_by_the_direction_of_each_drop(tmp_path):
     verdict = depth(tmp_path, [0, 1, 2])["verdict"]
     assert verdict.startswith("6 layers drop before the base's 3 on 2/3 seeds"), verdict
     assert "2 layers drop after the base's on 2/3" in verdict, verdict
+
+
+def test_components_train_each_group_on_its_seeds_base_and_report(tmp_path):
+    """Fig. 8 end to end on a toy size: catches a train_embed.py command the script refuses
+    (its flags are built from the base's train section), --components-steps not reaching the
+    runs, a component started before its seed's base run, and a report that skips the claim."""
+    out = tmp_path / "claims"
+    args = ["--base", "configs/train_tiny.yaml", "--seeds", "0", "1", "--only", "components"]
+    result = _claims("run", str(out), *args, "--components-steps", "6", "--set", *TOY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for seed in (0, 1):
+        for group in claims.GROUPS:
+            records = read_metrics(out / "components" / f"s{seed}" / group / "metrics.jsonl")
+            assert records and records[-1]["step"] == 6, (seed, group)
+    report = _claims("report", str(out), "--seeds", "0", "1")
+    assert report.returncode == 0, report.stderr[-2000:]
+    summary = json.loads((out / "components" / "summary.json").read_text())
+    assert summary["verdict"] != "not run"
+    assert {row["group"] for row in summary["table"]} == set(claims.GROUPS)
