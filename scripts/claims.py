@@ -170,7 +170,7 @@ def plan(args: argparse.Namespace, base: TrainConfig, config: Path, out: Path) -
         return [Job(claim, f"s{seed}", cmd, folder, trained, 0.05)]
 
     jobs = [job for seed in args.seeds for job in training("base", seed)]
-    for claim in args.only or CLAIMS:
+    for claim in dict.fromkeys(args.only or CLAIMS):  # a claim named twice runs once
         for seed in args.seeds:
             jobs += training(claim, seed) + analysis(claim, seed)
     return jobs
