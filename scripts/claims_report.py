@@ -298,6 +298,14 @@ def components(out: Path, seeds: list[int]) -> dict:
             )
     if not table:
         return {"table": [], "verdict": "not run"}
+    panels = {"full training": _runs(out, "base", "base", seeds)}
+    for group in kinds:
+        panels[group] = {
+            seed: read_metrics(out / "components" / f"s{seed}" / group / "metrics.jsonl")
+            for seed, *_ in kinds[group]
+        }
+    title = "components: L_mask of every seed, one group trained, the rest frozen"
+    _figure(title, panels, "loss_mask", out / "components", "components")
     parts = []
     for group, found in kinds.items():
         counts = {}
@@ -335,13 +343,14 @@ def probe(out: Path, seeds: list[int]) -> dict:
         axes.append(s.get("better_axis"))
     if not table:
         return {"table": [], "verdict": "not run"}
+    figure = _probe_figure(out, seeds)
     n = len(table)
     counts = ", ".join(f"{a} {axes.count(a)}" for a in sorted(set(axes), key=str))
     verdict = (
         f"the row grows more readable with depth on {len(rows_up)}/{n} seeds, the column on "
         f"{len(cols_up)}/{n}; the last layer holds better: {counts}"
     )
-    return {"table": table, "verdict": verdict}
+    return {"table": table, "verdict": verdict, "figure": figure}
 
 
 def ood(out: Path, seeds: list[int]) -> dict:
@@ -379,12 +388,80 @@ def ood(out: Path, seeds: list[int]) -> dict:
         cols_fail += [seed] if cols and min(cols) > CLOSE else []
     if not table:
         return {"table": [], "verdict": "not run"}
+    figure = _ood_figure(out, seeds)
     n = len(table)
     verdict = (
         f"within {CLOSE:g}× of the nuclear norm at every rank and row count on {len(near)}/{n} "
         f"seeds; beyond it at every untrained column count on {len(cols_fail)}/{n}"
     )
-    return {"table": table, "verdict": verdict}
+    return {"table": table, "verdict": verdict, "figure": figure}
+
+
+def _lines(title: str, panels: dict[str, dict[int, tuple[list, list]]], labels, path: Path):
+    """One panel per name, one line per seed (x, y); `labels` = (xlabel, ylabel, yscale, line)
+    with `line` a reference level drawn dashed (or None)."""
+    plt = pyplot()
+    xlabel, ylabel, yscale, level = labels
+    with plt.rc_context(plot_style()):
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(3.4 * len(panels), 2.8), squeeze=False, sharey=True
+        )
+        for ax, (name, lines) in zip(axes[0], panels.items()):
+            for seed, (x, y) in lines.items():
+                ax.plot(x, y, marker="o", ms=3, lw=1, label=seed)
+            if level is not None:
+                ax.axhline(level, color="0.5", ls="--", lw=0.8)
+            ax.set(title=name, xlabel=xlabel, yscale=yscale)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][0].legend(title="seed", fontsize=7)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        save_figure(fig, path.parent, path.name)
+        close_figure(fig)
+
+
+def _probe_figure(out: Path, seeds: list[int]) -> dict:
+    """Row-mates and column-mates R² by layer, every seed (probe.py's summary.json)."""
+    panels = {"row-mates": {}, "column-mates": {}}
+    for seed in seeds:
+        path = out / "probe" / f"s{seed}" / "summary.json"
+        targets = json.loads(path.read_text()).get("targets", {}) if path.is_file() else {}
+        for target, name in (("row", "row-mates"), ("column", "column-mates")):
+            layers = targets.get(target, [])
+            if layers:
+                x = [r["layer"] for r in layers]
+                panels[name][seed] = (x, [r["test_r2_mates"] for r in layers])
+    labels = ("layer", "test R², own entry left out", "linear", RISE)
+    title = "probe: what a linear probe reads of the row and column"
+    _lines(title, panels, labels, out / "probe" / "probe")
+    return _series(panels)
+
+
+def _ood_figure(out: Path, seeds: list[int]) -> dict:
+    """BERT's hidden-entry MSE over the nuclear-norm minimiser's, per sweep, every seed."""
+    panels = {}
+    for seed in seeds:
+        path = out / "ood" / f"s{seed}" / "summary.json"
+        if not path.is_file():
+            continue
+        for kind, sweep in json.loads(path.read_text())["sweeps"].items():
+            rows = [r for r in sweep["rows"] if r.get("nuc_loss_mask") and r.get("bert_loss_mask")]
+            if rows and kind != "distribution":
+                x = [r["value"] for r in rows]
+                y = [r["bert_loss_mask"] / r["nuc_loss_mask"] for r in rows]
+                panels.setdefault(kind, {})[seed] = (x, y)
+    labels = ("value", "BERT / nuclear norm, hidden-entry MSE", "log", CLOSE)
+    _lines("ood: BERT against nuclear-norm minimisation", panels, labels, out / "ood" / "ood")
+    return _series(panels)
+
+
+def _series(panels: dict) -> dict:
+    """A figure's lines as summary.json holds them: {panel: {seed: {x, y}}}."""
+    return {
+        name: {seed: {"x": x, "y": y} for seed, (x, y) in lines.items()}
+        for name, lines in panels.items()
+    }
 
 
 REPORTS = {

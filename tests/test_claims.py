@@ -69,6 +69,14 @@ def test_the_claims_run_resumes_and_reports_k_of_n(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     assert "/2 seeds" in (out / "probe" / "runs.md").read_text()
     assert "probe" in (out / "claims.md").read_text()
+    # the claim's figure, every seed's line, and its numbers in summary.json beside it
+    figure = json.loads((out / "probe" / "summary.json").read_text())["figure"]
+    trained = claims.load_config(claims.TrainConfig, out / "base" / "base_s1" / "config.yaml")
+    layers = trained.model.num_hidden_layers + 1  # the embedding output, then every layer
+    for panel in ("row-mates", "column-mates"):
+        assert sorted(figure[panel]) == ["0", "1"], figure[panel].keys()
+        assert figure[panel]["1"]["x"] == list(range(layers))
+    assert (out / "probe" / "probe.png").stat().st_size > 10_000
 
 
 def test_bases_start_first_then_whole_claims_in_the_order_asked(tmp_path):
@@ -176,3 +184,4 @@ def test_components_train_each_group_on_its_seeds_base_and_report(tmp_path):
     summary = json.loads((out / "components" / "summary.json").read_text())
     assert summary["verdict"] != "not run"
     assert {row["group"] for row in summary["table"]} == set(claims.GROUPS)
+    assert (out / "components" / "components.png").stat().st_size > 10_000
