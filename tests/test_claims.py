@@ -131,8 +131,9 @@ def test_runs_inside_the_repo_are_named_relative_to_it():
     assert not out.exists()
 
 
-def _fake_run(folder, drop_at, seed=0, layers=None):
-    """A run folder whose metrics.jsonl plateaus at 0.067 and, with drop_at, falls 13× there."""
+def _fake_run(folder, drop_at, seed=0, layers=None, floor=0.005):
+    """A run folder whose metrics.jsonl plateaus at 0.067 and, with drop_at, falls to `floor`
+    there."""
     import json
 
     import numpy as np
@@ -142,7 +143,7 @@ def _fake_run(folder, drop_at, seed=0, layers=None):
     loss = 0.067 * np.exp(rng.normal(0, 0.05, steps.size))
     if drop_at is not None:
         fall = 1 / (1 + np.exp(-(steps - drop_at - 300) / 100))
-        loss = loss * (1 - fall) + fall * 0.005 * np.exp(rng.normal(0, 0.05, steps.size))
+        loss = loss * (1 - fall) + fall * floor * np.exp(rng.normal(0, 0.05, steps.size))
     folder.mkdir(parents=True)
     with open(folder / "metrics.jsonl", "w") as f:
         for s, v in zip(steps.tolist(), loss.tolist()):
@@ -185,3 +186,30 @@ def test_components_train_each_group_on_its_seeds_base_and_report(tmp_path):
     assert summary["verdict"] != "not run"
     assert {row["group"] for row in summary["table"]} == set(claims.GROUPS)
     assert (out / "components" / "components.png").stat().st_size > 10_000
+
+
+def test_components_tell_no_plateau_from_a_late_drop_and_no_drop(tmp_path):
+    """Fig. 8's shapes: catches a group whose loss falls at once but only 5× (the frozen rest
+    holds it up) called 'no drop', a late drop called 'no plateau', and a flat group counted
+    as falling before full training."""
+    from scripts.claims_report import components
+
+    _fake_run(tmp_path / "base" / "base_s0", 6_000)
+    shapes = {"mlp": (0, 0.0134), "attention": (4_000, 0.005), "position_embeddings": (None, 0)}
+    for group, (drop_at, floor) in shapes.items():
+        _fake_run(tmp_path / "components" / "s0" / group, drop_at, floor=floor)
+    result = components(tmp_path, [0])
+    shape = {row["group"]: row["shape"] for row in result["table"]}
+    assert shape == {
+        "mlp": "no plateau",
+        "attention": "plateau, then a drop",
+        "position_embeddings": "no drop",
+    }, shape
+    assert (
+        "attention: plateau, then a drop 1/1; falls before full training drops 1/1"
+        in (result["verdict"])
+    )
+    assert (
+        "position_embeddings: no drop 1/1; falls before full training drops 0/1"
+        in (result["verdict"])
+    )
