@@ -271,7 +271,7 @@ def components(out: Path, seeds: list[int]) -> dict:
     BELOW×: the frozen rest bounds how low one group can take the loss, and a base that did not
     complete bounds it above its 8×). It drops before full training when it has no plateau or
     its drop comes before the base run's (same seed)."""
-    table, kinds = [], {}
+    table, kinds, panels = [], {}, {"full training": _runs(out, "base", "base", seeds)}
     for seed in seeds:
         full = read_metrics(out / "base" / f"base_s{seed}" / "metrics.jsonl")
         full_drop = compare(full)["drop_step"] if full else None
@@ -293,6 +293,7 @@ def components(out: Path, seeds: list[int]) -> dict:
             before = drop is not None and full_drop is not None and drop < full_drop
             early = kind == "no plateau" or before
             kinds.setdefault(group, []).append((seed, kind, early))
+            panels.setdefault(group, {})[seed] = records
             table.append(
                 {
                     "seed": seed,
@@ -305,12 +306,6 @@ def components(out: Path, seeds: list[int]) -> dict:
             )
     if not table:
         return {"table": [], "verdict": "not run"}
-    panels = {"full training": _runs(out, "base", "base", seeds)}
-    for group, found in kinds.items():
-        panels[group] = {
-            seed: read_metrics(out / "components" / f"s{seed}" / group / "metrics.jsonl")
-            for seed, *_ in found
-        }
     title = "components: L_mask of every seed, one group trained, the rest frozen"
     _figure(title, panels, "loss_mask", out / "components", "components")
     parts = []
@@ -409,6 +404,8 @@ def _lines(title: str, panels: dict[str, dict[int, tuple[list, list]]], labels, 
     with `line` a reference level drawn dashed (or None)."""
     plt = pyplot()
     xlabel, ylabel, yscale, level = labels
+    if not panels:
+        return
     with plt.rc_context(plot_style()):
         fig, axes = plt.subplots(
             1, len(panels), figsize=(3.4 * len(panels), 2.8), squeeze=False, sharey=True

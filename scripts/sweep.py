@@ -45,6 +45,7 @@ from utils.config import (
     UserError,
     load_config,
     number,
+    repo_relative,
     resolve_path,
     run_script,
 )
@@ -280,7 +281,7 @@ def main(argv: list[str]) -> list[dict]:
     print(table)
     logged = [j.run_dir for j in jobs if read_metrics(j.run_dir / "metrics.jsonl")]
     # inside the repo, named from its root: compare's summary.json names no machine's folders
-    logged = [p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p for p in logged]
+    logged = [repo_relative(p) for p in logged]
     if logged:
         tool = [sys.executable, "-m", "scripts.compare_runs", "--below", str(args.below)]
         tool += ["--replace"] if args.resume else []  # a resumed sweep remakes its own table
