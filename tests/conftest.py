@@ -75,7 +75,9 @@ def read_wandb_run(folder: Path) -> dict:
     # Once in CI (2026-11-30, a loaded machine) a run's file held no run record when read right
     # after the run finished; suspected: W&B's service process still flushing. Read again for
     # up to 20 s before concluding that the run record is missing.
-    # Under load a record can also be read half-written (a protobuf DecodeError): read again.
+    # Under load a record can also be read half-written (a protobuf DecodeError), and once
+    # (2026-12-03, CI beside a training run) the run record was there but no history yet: read
+    # again until the log holds W&B's exit record, written last when the run finishes.
     from google.protobuf.message import DecodeError
 
     deadline = time.time() + 20
@@ -86,7 +88,8 @@ def read_wandb_run(folder: Path) -> dict:
             if time.time() > deadline:
                 raise
             out = None
-        if (out is not None and out["run"] is not None) or time.time() > deadline:
+        done = out is not None and out["run"] is not None and "exit" in out["records"]
+        if done or time.time() > deadline:
             return out
         time.sleep(0.5)
 
