@@ -28,8 +28,6 @@ OUT/claims.md lists the verdicts.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +48,7 @@ from utils.config import (
     run_script,
 )
 from utils.files import make_dir
+from utils.processes import side_by_side
 
 CLAIMS = ("width", "depth", "gaussian", "mixture", "larger", "components", "probe", "ood")
 GROUPS = ["token_embeddings", "position_embeddings", "attention", "mlp"]
@@ -64,6 +63,10 @@ class Job:
     out: Path  # its folder; done when out/summary.json exists
     needs: Path | None = None  # a folder whose summary.json must exist first
     flops: float = 1.0  # relative to one base run (the estimate)
+
+    @property
+    def log(self) -> Path:
+        return self.out / "log.txt"
 
     @property
     def done(self) -> bool:
@@ -223,36 +226,26 @@ def run(args: argparse.Namespace) -> list[Job]:
     )
     if args.dry_run:
         return todo
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    pending, running, failed = list(todo), [], []
-    while pending or running:
-        ready = [j for j in pending if j.needs is None or (j.needs / "summary.json").is_file()]
-        blocked = [j for j in pending if j.needs is not None and j.needs in failed]
-        for job in blocked:
-            pending.remove(job)
-        while ready and len(running) < args.parallel:
-            job = ready.pop(0)
-            pending.remove(job)
-            job.out.mkdir(parents=True, exist_ok=True)
-            log = open(job.out / "log.txt", "a")  # noqa: SIM115  closed when the job ends
-            proc = subprocess.Popen(
-                job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
-            )
-            running.append((job, proc, log))
-            print(f"started {job.claim}/{job.name}", flush=True)
-        if not running and pending:
-            raise UserError(f"{len(pending)} jobs wait on runs that failed: {failed}")
-        time.sleep(2)
-        for entry in list(running):
-            job, proc, log = entry
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(entry)
-            status = "done" if proc.returncode == 0 else f"failed ({proc.returncode})"
-            print(f"{status}: {job.claim}/{job.name}", flush=True)
-            if proc.returncode != 0:
-                failed.append(job.out)
+    failed: list[Path] = []
+
+    def ready(job: Job) -> bool | None:
+        if job.needs is None or (job.needs / "summary.json").is_file():
+            return True
+        return None if job.needs in failed else False  # None: never, its run failed
+
+    def started(job: Job) -> None:
+        print(f"started {job.claim}/{job.name}", flush=True)
+
+    ended = side_by_side(todo, args.parallel, cwd=REPO_ROOT, ready=ready, on_start=started)
+    for end in ended:
+        name = f"{end.job.claim}/{end.job.name}"
+        if end.returncode is None:
+            print(f"skipped: {name} (its base run failed)", flush=True)
+        elif end.returncode == 0:
+            print(f"done: {name}", flush=True)
+        else:
+            print(f"failed ({end.returncode}): {name}", flush=True)
+            failed.append(end.job.out)
     if failed:
         raise UserError(f"{len(failed)} jobs failed; see log.txt in {', '.join(map(str, failed))}")
     return todo

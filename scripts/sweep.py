@@ -31,7 +31,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +50,11 @@ from utils.config import (
 )
 from utils.drop import describe_drop, detect_drop
 from utils.files import make_dir, write_json
+from utils.processes import side_by_side
 from utils.results import markdown_table
 from utils.runs import read_metrics
 
+DROP_CHECK_S = 30  # how often a watched run's log is read for its drop
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")  # a variant's name: a folder name
 OUTPUTS = ("sweep.json", "sweep.md", "compare")  # what a sweep writes beside its runs
 
@@ -110,6 +111,10 @@ class Job:
     seed: int
     run_dir: Path
     cmd: list[str]
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "log.txt"
 
 
 def plan(args: argparse.Namespace, out: Path) -> list[Job]:
@@ -208,19 +213,6 @@ def completed_for(run_dir: Path) -> int | None:
     return records[-1]["step"] - drop["drop_end_step"]
 
 
-GRACE_S = 60  # seconds a stopped run has to save before it is killed
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (train.py finishes its step, saves and exits), SIGKILL after GRACE_S."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def last_line(path: Path) -> str:
     """The last non-empty line of a log (a progress bar's carriage returns split lines too)."""
     text = path.read_text(errors="replace") if path.is_file() else ""
@@ -230,39 +222,31 @@ def last_line(path: Path) -> str:
 
 def run_jobs(args: argparse.Namespace, jobs: list[Job]) -> tuple[list[dict], list[str]]:
     """Run the jobs `--parallel` at a time; (one row per run, a line per failed run)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    pending, running, rows, failed = list(jobs), [], [], []
-    checked = time.time()
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            job = pending.pop(0)
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(job.run_dir / "log.txt", "a" if args.resume else "w")  # noqa: SIM115
-            proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((job, proc, log, time.time()))
-        time.sleep(1)
-        watching = args.stop_after_drop is not None or args.prune_at is not None
-        check_drop = watching and time.time() - checked > 30
-        checked = time.time() if check_drop else checked
-        for entry in list(running):
-            job, proc, log, started = entry
-            over = time.time() - started > args.time_limit
-            if check_drop and not over and proc.poll() is None and args.stop_after_drop:
-                done = completed_for(job.run_dir)
-                over = done is not None and done >= args.stop_after_drop
-            if check_drop and not over and proc.poll() is None and args.prune_at is not None:
-                over = pruned(job.run_dir, args.prune_at)
-            if proc.poll() is None and not over:
-                continue
-            stopped = proc.poll() is None
-            if stopped:
-                stop(proc)
-            log.close()
-            running.remove(entry)
-            # A run we stopped exits 130 after saving: not a failure.
-            if proc.returncode != 0 and not (stopped and proc.returncode == 130):
-                failed.append(f"{job.run_dir.name}: {last_line(job.run_dir / 'log.txt')}")
-            rows.append(row(job, finished=proc.returncode == 0))
+    watching = args.stop_after_drop is not None or args.prune_at is not None
+    checked: dict[Path, float] = {}  # a run's log is read every DROP_CHECK_S, not every poll
+
+    def stop(job: Job, elapsed_s: float) -> bool:
+        if elapsed_s > args.time_limit:
+            return True
+        if not watching or elapsed_s - checked.get(job.log, 0.0) < DROP_CHECK_S:
+            return False
+        checked[job.log] = elapsed_s
+        if args.stop_after_drop is not None:
+            done = completed_for(job.run_dir)
+            if done is not None and done >= args.stop_after_drop:
+                return True
+        return args.prune_at is not None and pruned(job.run_dir, args.prune_at)
+
+    rows, failed = [], []
+    ended = side_by_side(
+        jobs, args.parallel, args.threads, cwd=REPO_ROOT, append=args.resume, stop=stop
+    )
+    for end in ended:
+        job = end.job
+        # A run we stopped exits 130 after saving: not a failure.
+        if end.returncode != 0 and not (end.stopped and end.returncode == 130):
+            failed.append(f"{job.run_dir.name}: {last_line(job.log)}")
+        rows.append(row(job, finished=end.returncode == 0))
     return rows, failed
 
 

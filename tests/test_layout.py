@@ -24,6 +24,7 @@ ROOMS = [
     "device",
     "profiling",
     "signals",
+    "processes",
     "plots",
     "tracking",
     "results",

@@ -13,6 +13,7 @@ says what it holds; lowest first, and a room imports only rooms above it in this
     device.py    seeds, the device and its precision, memory errors as one line
     profiling.py where a training step's time goes (bench.py --bench.profile)
     signals.py   Ctrl-C and SIGTERM as a request to stop after the current step
+    processes.py commands side by side, a few at a time, one log each (sweeps, the claims)
     plots.py     figure style, saving, the pyplot entry, loss curves, attention grids
     tracking.py  Weights & Biases
     results.py   an output folder's config.yaml, tables and summary.json; printed summaries
