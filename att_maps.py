@@ -49,7 +49,7 @@ import torch
 from analysis import AnalysisConfig, StepsCkptSection, check_heads, open_analysis
 from data import MatrixSampler, structured_observed
 from measures import ROLE_RULE, ROLES, SHARES, attention_summary, chance_shares, heads_with_role
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.device import seed_everything
 from utils.plots import close_figure, plot_attention_grid, save_figure
 from utils.results import Table, prepare_output, write_results
@@ -285,7 +285,7 @@ def main(cfg: Config) -> dict:
         Table(table + chance_rows, ["step", "layer", "head", *SHARES, "role"]),
     ]
     write_results(out_dir, summary, {"heads.md": heads}, cfg, "att_maps")
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from analysis import AnalysisConfig, open_analysis
 from measures import predict
 from nuclear_norm import SOLVERS, compare_with
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.plots import plot_style, pyplot, save_figure
 from utils.results import Table, prepare_output, write_results
 
@@ -157,7 +157,7 @@ def main(cfg: CompareConfig) -> dict:
     print(
         f"solver {cfg.compare.solver}: {summary['num_problems']} problems in "
         f"{summary['solver_wall_s']:.1f} s ({summary['solver_cpu_s']:.1f} s CPU), "
-        f"{summary['unsolved']} unsolved; outputs in {out_dir}"
+        f"{summary['unsolved']} unsolved; outputs in {repo_relative(out_dir)}"
     )
     return summary
 

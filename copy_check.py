@@ -25,7 +25,7 @@ import torch
 from analysis import AnalysisConfig, StepsCkptSection, open_analysis
 from data import Batch, DataConfig, value_at_hidden
 from measures import LOSSES, masked_mse, predict
-from utils.config import cli, opt
+from utils.config import cli, opt, repo_relative
 from utils.floats import finite_or_none, to_floats
 from utils.results import Table, prepare_output, write_results
 
@@ -105,7 +105,7 @@ def main(cfg: CopyCheckConfig) -> dict:
     summary = {"num_samples": cfg.data.num_samples, "rows": rows}
     write_results(out_dir, summary, {"table.md": [table]}, cfg, "copy_check")
     print(f"{data_cfg.m}×{data_cfg.n}, rank {data_cfg.rank}, p_mask {data_cfg.p_mask}")
-    print(table.markdown() + f"outputs in {out_dir}")
+    print(table.markdown() + f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

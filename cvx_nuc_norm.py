@@ -28,7 +28,7 @@ import time
 
 from data import DataConfig, MatrixSampler
 from nuclear_norm import SOLVERS, complete, errors
-from utils.config import UserError, resolve_path
+from utils.config import UserError, repo_relative, resolve_path
 from utils.results import Table, write_results
 
 LAMS = [0.0005, 0.001, 0.0015, 0.00175, 0.002, 0.005, 0.01]  # the authors' λ list
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> dict:
         f"{args.num_matrices} matrices {args.m}×{args.n}, rank {args.rank}, "
         f"p_mask {args.p_mask}, solver {args.solver}"
     )
-    print(table.markdown() + f"outputs in {out_dir}")
+    print(table.markdown() + f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

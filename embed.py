@@ -43,7 +43,7 @@ from analysis import AnalysisConfig, CkptSection, load_from_section, open_analys
 from data import DataConfig, MatrixSampler, value_tokens
 from measures import LOSSES, evaluate
 from model import MatrixBert
-from utils.config import UserError, cli, opt, resolve_path
+from utils.config import UserError, cli, opt, repo_relative, resolve_path
 from utils.files import atomic_write_text
 from utils.geometry import (
     cluster_scores,
@@ -535,7 +535,7 @@ def main(cfg: EmbedConfig) -> dict:
     write_results(out_dir, summary, {"table.md": [table]}, cfg, "embed")
     print(
         f"{cfg.exp_type} (checkpoint step {ctx.step}, {ctx.m}×{ctx.n})\n{table.markdown()}"
-        f"outputs in {out_dir}"
+        f"outputs in {repo_relative(out_dir)}"
     )
     return summary
 

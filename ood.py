@@ -35,7 +35,7 @@ from analysis import (
 from data import DISTRIBUTIONS, Batch, DataConfig, MatrixSampler, make_batch, round_values
 from measures import predict
 from nuclear_norm import SOLVERS, compare_with
-from utils.config import DataRangeError, UserError, cli, opt
+from utils.config import DataRangeError, UserError, cli, opt, repo_relative
 from utils.plots import plot_style, pyplot, save_figure
 from utils.results import Document, Table, prepare_output, render, write_results
 
@@ -216,7 +216,7 @@ def main(cfg: OodConfig) -> dict:
             document.append("\n".join(lines))
     write_results(out_dir, summary, {"tables.md": document}, cfg, "ood")
     print(f"step {step}, solver {cfg.ood.solver}, {cfg.data.num_samples} matrices per point\n")
-    print(render(document) + f"\noutputs in {out_dir}")
+    print(render(document) + f"\noutputs in {repo_relative(out_dir)}")
     return summary
 
 

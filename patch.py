@@ -48,7 +48,7 @@ from data import Batch, corrupt
 from measures import ROLE_RULE, masked_mse
 from model import MatrixBert
 from modeling_bert import act_name, patch_hooks, patch_z_hooks
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.floats import finite_or_none, to_floats
 from utils.plots import plot_style, pyplot, save_figure, text_colour
 from utils.results import Table, prepare_output, write_results
@@ -371,7 +371,7 @@ def main(cfg: Config) -> dict:
         print(line)
         document.append(line)
     write_results(out_dir, summary, {"patch.md": document}, cfg, "patch")
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

@@ -45,7 +45,7 @@ from analysis import AnalysisConfig, open_analysis
 from data import Batch
 from model import MatrixBert
 from modeling_bert import act_name
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.floats import finite_or_none
 from utils.geometry import better_axis
 from utils.plots import close_figure, plot_style, pyplot, save_figure
@@ -383,7 +383,7 @@ def main(cfg: Config) -> dict:
     print(render(document))
     draw_figures(summary, out_dir)
     write_results(out_dir, summary, {"probe.md": document}, cfg, "probe")
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from analysis import AnalysisConfig, PrePostCkptSection, open_analysis
 from measures import LOSSES, evaluate
 from model import MatrixBert
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.results import Table, prepare_output, render, write_results
 
 GROUPS = {
@@ -133,7 +133,7 @@ def main(cfg: Config) -> dict:
     ]
     print(render(document))
     write_results(out_dir, summary, {"switch_models.md": document}, cfg, "switch_models")
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer import BATCH_TOO_BIG, MODEL_TOO_BIG, TrainConfig, Trainer, fit
-from utils.config import cli
+from utils.config import cli, repo_relative
 from utils.device import allocation_errors, choose_device
 from utils.drop import describe_drop
 from utils.results import print_rows
@@ -53,7 +53,7 @@ def print_summary(summary: dict, out_dir: Path) -> None:
             ("wall time (s)", summary["wall_time_s"]),
         ]
     )
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -67,7 +67,7 @@ def main(cfg: TrainConfig) -> dict:
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(
         f"{n_params / 1e6:.2f}M parameters on {trainer.device} ({trainer.precision}); "
-        f"writing to {out_dir}"
+        f"writing to {repo_relative(out_dir)}"
     )
     # The loop: sample, step, log, measure, save, stop (trainer.fit).
     with allocation_errors(BATCH_TOO_BIG):

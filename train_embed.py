@@ -39,7 +39,7 @@ import torch
 from analysis import CkptSection, load_from_section, trained_data_config
 from model import MatrixBert, check_fits
 from trainer import TrainConfig, Trainer, TrainSection, fit
-from utils.config import UserError, cli, opt, resolve_path
+from utils.config import UserError, cli, opt, repo_relative, resolve_path
 from utils.device import choose_device, seed_everything
 from utils.drop import detect_drop
 from utils.plots import plot_style, pyplot, save_figure
@@ -169,7 +169,8 @@ def train_group(cfg: TrainEmbedConfig, group: str) -> dict:
     params = freeze_all_but(model, names)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainer = Trainer(tcfg, model=model, params=params)
-    print(f"{group}: training {sum(p.numel() for p in params):,} parameters, writing to {out_dir}")
+    n_params = sum(p.numel() for p in params)
+    print(f"{group}: training {n_params:,} parameters, writing to {repo_relative(out_dir)}")
     summary = fit(tcfg, trainer, out_dir, resume_from)
     unchanged = all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     return {
@@ -260,7 +261,7 @@ def main(cfg: TrainEmbedConfig) -> dict:
     rows += [summary_row(FULL, full_summary)] if full_summary else []
     table = Table(rows)
     write_results(out_dir, summary, {"table.md": [table]})
-    print(f"{table.markdown()}outputs in {out_dir}")
+    print(f"{table.markdown()}outputs in {repo_relative(out_dir)}")
     return summary
 
 

@@ -42,7 +42,7 @@ import torch
 from analysis import AnalysisConfig, open_analysis, resolve_heads
 from measures import LOSSES, ROLE_RULE, evaluate
 from modeling_bert import ABLATIONS, ablate_head_hooks
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.plots import plot_style, pyplot, save_figure, text_colour
 from utils.results import Table, prepare_output, write_results
 
@@ -226,7 +226,7 @@ def main(cfg: Config) -> dict:
         print(head + "\n" + sweep_table.markdown())
         document += [head + ":", sweep_table]
     write_results(out_dir, summary, {"ablation.md": document}, cfg, "uniform_ablation")
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
     return summary
 
 

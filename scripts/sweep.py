@@ -139,13 +139,14 @@ def plan(args: argparse.Namespace, out: Path) -> list[Job]:
         names.add(name)
         for seed in args.seeds:
             run_dir = out / f"{name}_s{seed}"
-            settings = [*overrides.split(), f"train.seed={seed}", f"train.out_dir={run_dir}"]
+            folder = repo_relative(run_dir)  # inside the repo, logs and configs name no machine
+            settings = [*overrides.split(), f"train.seed={seed}", f"train.out_dir={folder}"]
             settings += ["train.save_steps=[]"] + (["train.resume=true"] if args.resume else [])
             try:
                 load_config(TrainConfig, base, settings)
             except UserError as e:
                 raise UserError(f"--variant {name}: {e}") from None
-            cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(base)]
+            cmd = [sys.executable, "train.py", "--config", str(repo_relative(base))]  # from root
             jobs.append(Job(name, seed, run_dir, cmd + [f"--{o}" for o in settings]))
     return jobs
 

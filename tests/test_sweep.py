@@ -76,3 +76,30 @@ def test_prune_stops_runs_whose_l_mask_has_not_halved_past_the_rung(tmp_path):
     assert not sweep_script.pruned(run("early", flat), 0.7)  # before the rung
     assert not sweep_script.pruned(run("dropped", dropped), 0.5)
     assert not sweep_script.pruned(run("partial", partial), 0.5)
+
+
+def test_a_sweep_inside_the_repo_names_no_machine_folder_in_its_logs_and_configs():
+    """Catches absolute folders in a sweep's run logs and saved configs (train.out_dir given as
+    this machine's path): committed sweep results had to be edited by hand before."""
+    import shutil
+    import uuid
+
+    out = ROOT / "results" / f"pytest_sweep_{uuid.uuid4().hex[:8]}"  # /results/ is git-ignored
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts.sweep", "--out", str(out.relative_to(ROOT))]
+            + ["--seeds", "0", "--variant", f"t: {VARIANT} train.steps=5 train.resume=true"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        written = [p for p in out.rglob("*") if p.suffix in (".txt", ".yaml", ".json", ".md")]
+        assert any(p.name == "log.txt" for p in written) and any(
+            p.name == "config.yaml" for p in written
+        )
+        for path in written:
+            assert str(ROOT) not in path.read_text(errors="replace"), path
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from utils.config import UserError, config_to_dict, resolve_path
+from utils.config import UserError, config_to_dict, repo_relative, resolve_path
 from utils.files import atomic_write, atomic_write_text, make_dir
 from utils.hf import is_hf_folder, read_hf_folder
 
@@ -151,7 +151,7 @@ def prepare_run_dir(cfg: Any) -> tuple[Path, dict | None]:
         stale.unlink()
     if not (cfg.train.resume and found):
         if cfg.train.resume:
-            print(f"no checkpoint in {out_dir} to resume from; starting at step 0")
+            print(f"no checkpoint in {repo_relative(out_dir)} to resume from; starting at step 0")
         return out_dir, None
     path = found[max(found)]
     ckpt = read_checkpoint(path)

@@ -42,7 +42,7 @@ from src.gpt.model import GPT, GPTConfig, act_name, generate
 from src.gpt.sequences import build_sequences, context_length, decode, value_id_range, vocab_size
 from task import Task
 from trainer import BATCH_TOO_BIG, MODEL_TOO_BIG, Trainer, TrainSection, fit
-from utils.config import UserError, cli, opt
+from utils.config import UserError, cli, opt, repo_relative
 from utils.device import allocation_errors, seed_everything
 from utils.drop import detect_drop
 from utils.plots import plot_style, pyplot, save_figure
@@ -363,7 +363,7 @@ def print_summary(summary: dict, out_dir: Path) -> None:
             f"L{i + 1}H{j + 1} {v:.2f}" for i, row in enumerate(scores) for j, v in enumerate(row)
         )
         print(f"copy score at step {step} (layers, heads 1-based): {heads}")
-    print(f"outputs in {out_dir}")
+    print(f"outputs in {repo_relative(out_dir)}")
 
 
 def main(cfg: GPTTrainConfig) -> dict:
@@ -372,7 +372,8 @@ def main(cfg: GPTTrainConfig) -> dict:
         seed_everything(cfg.train.seed)  # the initialisation, as the Trainer seeds before its own
         trainer = Trainer(cfg, task=GPTCompletion, model=GPT(cfg.model))
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"{n_params / 1e6:.2f}M parameters on {trainer.device}; writing to {out_dir}")
+    folder = repo_relative(out_dir)
+    print(f"{n_params / 1e6:.2f}M parameters on {trainer.device}; writing to {folder}")
     with allocation_errors(BATCH_TOO_BIG):
         summary = fit(cfg, trainer, out_dir, resume_from)
     print_summary(summary, out_dir)
