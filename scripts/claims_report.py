@@ -109,10 +109,11 @@ def _variants(out: Path, claim: str) -> list[str]:
     return sorted(names, key=lambda n: (len(n), n))
 
 
-def _base_layers(out: Path) -> int | str:
-    """The base runs' layer count, from the first one's config.yaml ('?' where none is there)."""
+def _base_model(out: Path, key: str) -> int | str:
+    """A model setting of the base runs, from the first one's config.yaml ('?' where none is
+    there)."""
     for config in sorted((out / "base").glob("base_s*/config.yaml")):
-        return yaml.safe_load(config.read_text())["model"]["num_hidden_layers"]
+        return yaml.safe_load(config.read_text())["model"][key]
     return "?"
 
 
@@ -126,22 +127,29 @@ def _paired(rows: dict, a: str, b: str) -> list[int]:
 
 def width(out: Path, seeds: list[int]) -> dict:
     """Paper: d 64 fails, d 128 sub-optimal (against 768). Miniature: the narrowest width fails
-    (no sudden drop), the next one ends above the base's final L_mask (same seed)."""
+    (no sudden drop), the next one ends above the base's final L_mask (same seed), and a width
+    above the base's ends at or below it."""
     names = sorted(_variants(out, "width"), key=lambda n: int(n[1:]))
     rows, table = _training_claim(out, "width", names, seeds)
-    if len(names) < 2:
+    base_width = _base_model(out, "hidden_size")
+    narrower = [n for n in names if base_width == "?" or int(n[1:]) < base_width]
+    if len(narrower) < 2:
         return {"table": table, "verdict": "not run"}
-    narrow, half = names[0], names[1]
+    narrow, half = narrower[0], narrower[1]
     fails = [s for s, r in rows[narrow].items() if r["drop_kind"] != "sudden"]
-    worse = [
-        s
-        for s in _paired(rows, half, "base")
-        if rows[half][s]["final_loss_mask"] > rows["base"][s]["final_loss_mask"]
-    ]
+
+    def ends_above(v: str, s: int) -> bool:
+        return rows[v][s]["final_loss_mask"] > rows["base"][s]["final_loss_mask"]
+
+    worse = [s for s in _paired(rows, half, "base") if ends_above(half, s)]
     verdict = (
         f"{narrow} fails (no sudden drop) on {len(fails)}/{len(rows[narrow])} seeds; {half} ends "
         f"above the base width on {len(worse)}/{len(_paired(rows, half, 'base'))}"
     )
+    for wide in names[len(narrower) :]:
+        pairs = _paired(rows, wide, "base")
+        better = [s for s in pairs if not ends_above(wide, s)]
+        verdict += f"; {wide} ends at or below the base width on {len(better)}/{len(pairs)}"
     return {"table": table, "verdict": verdict}
 
 
@@ -152,7 +160,7 @@ def depth(out: Path, seeds: list[int]) -> dict:
     rows, table = _training_claim(out, "depth", _variants(out, "depth"), seeds)
     if "L6" not in rows or not rows["L6"]:
         return {"table": table, "verdict": "not run"}
-    layers = _base_layers(out)
+    layers = _base_model(out, "num_hidden_layers")
 
     def step(v, s):
         return rows[v][s]["drop_step"] if rows[v][s]["drop_kind"] == "sudden" else None

@@ -213,3 +213,24 @@ def test_components_tell_no_plateau_from_a_late_drop_and_no_drop(tmp_path):
         "position_embeddings: no drop 1/1; falls before full training drops 0/1"
         in (result["verdict"])
     )
+
+
+def test_the_width_verdict_reads_narrower_and_wider_against_the_base(tmp_path):
+    """Catches a 2x width left out of the verdict, or compared the wrong way (a wider run that
+    ends above the base counted as better), and the narrow and half widths misread."""
+    from scripts.claims_report import width
+
+    for seed in range(3):
+        _fake_run(tmp_path / "base" / f"base_s{seed}", 6_000, seed, floor=0.005)
+        (tmp_path / "base" / f"base_s{seed}" / "config.yaml").write_text(
+            "model:\n  hidden_size: 64\n  num_hidden_layers: 3\n"
+        )
+        _fake_run(tmp_path / "width" / f"w16_s{seed}", None, seed)
+        _fake_run(tmp_path / "width" / f"w32_s{seed}", 9_000, seed, floor=0.02)
+        wide_floor = 0.003 if seed < 2 else 0.02  # seed 2's 2x width ends above the base
+        _fake_run(tmp_path / "width" / f"w128_s{seed}", 5_000, seed, floor=wide_floor)
+    verdict = width(tmp_path, [0, 1, 2])["verdict"]
+    assert verdict == (
+        "w16 fails (no sudden drop) on 3/3 seeds; w32 ends above the base width on 3/3; "
+        "w128 ends at or below the base width on 2/3"
+    ), verdict
